@@ -1,0 +1,27 @@
+"""waclient: a WhatsApp client on neonize whose handlers, buffers and reconnects stay bounded."""
+
+from waclient.client import Backoff, Client, ClientState, NotConnectedError
+from waclient.handlers import (
+    HandlerRegistry,
+    ListenerLimitError,
+    Scope,
+    ScopeClosedError,
+    Subscription,
+)
+from waclient.transport import NeonizeTransport, SentMessage, Transport, TransportError
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientState",
+    "HandlerRegistry",
+    "ListenerLimitError",
+    "NeonizeTransport",
+    "NotConnectedError",
+    "Scope",
+    "ScopeClosedError",
+    "SentMessage",
+    "Subscription",
+    "Transport",
+    "TransportError",
+]

@@ -1,0 +1,461 @@
+"""``Client``: lifecycle, THE reconnect supervisor, and a fresh connection scope per connection.
+
+Exactly one component starts sessions: the supervisor task here. It runs one transport session
+at a time; between sessions it waits a capped exponential backoff with jitter; it stops for good
+on LoggedOut, StreamReplaced, TemporaryBan and ClientOutdated, and gives up (``FAILED``) after
+``max_failures`` attempts in a row that never connected. Each attempt has a generation number;
+events that arrive for an older generation are dropped and counted.
+
+Events cross from the Go side's thread to the event loop through a bounded inbox: a Go thread
+that finds it full waits (backpressure), so no amount of event flood grows memory here. One pump
+task hands them to the registry in order, awaiting async handlers.
+
+Handlers registered with :meth:`Client.on` live as long as the client; those registered on
+:attr:`Client.connection` live for the current connection only: the scope opens when Connected
+arrives and closes after Disconnected has been dispatched, before any new attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from waclient.events import (
+    TERMINAL_EVENTS,
+    ClientOutdatedEv,
+    ConnectedEv,
+    DisconnectedEv,
+    Event,
+    LoggedOutEv,
+    StreamReplacedEv,
+    TemporaryBanEv,
+)
+from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
+from waclient.transport import EventSink, SentMessage, Transport, TransportError
+
+__all__ = ["Backoff", "Client", "ClientState", "NotConnectedError"]
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+
+class NotConnectedError(RuntimeError):
+    """The client has no live connection for what was asked."""
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    """The session runs but its connection dropped; whatsmeow is reconnecting it."""
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+    LOGGED_OUT = "logged_out"
+    STREAM_REPLACED = "stream_replaced"
+    TEMPORARY_BAN = "temporary_ban"
+    CLIENT_OUTDATED = "client_outdated"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """No further attempts will be made from this state."""
+        return self in _TERMINAL_STATES
+
+
+_TERMINAL_STATES = frozenset(
+    {
+        ClientState.STOPPED,
+        ClientState.LOGGED_OUT,
+        ClientState.STREAM_REPLACED,
+        ClientState.TEMPORARY_BAN,
+        ClientState.CLIENT_OUTDATED,
+        ClientState.FAILED,
+    }
+)
+_STATE_FOR_TERMINAL_EVENT: dict[type[Any], ClientState] = {
+    LoggedOutEv: ClientState.LOGGED_OUT,
+    StreamReplacedEv: ClientState.STREAM_REPLACED,
+    TemporaryBanEv: ClientState.TEMPORARY_BAN,
+    ClientOutdatedEv: ClientState.CLIENT_OUTDATED,
+}
+assert set(_STATE_FOR_TERMINAL_EVENT) == set(TERMINAL_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter.
+
+    The n-th failure in a row waits ``min(maximum, initial * factor**(n-1))`` scaled by a random
+    factor in ``[1 - jitter, 1]``, so clients that lost the network together do not return
+    together.
+    """
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < self.initial:
+            raise ValueError("backoff needs 0 <= initial <= maximum")
+        if self.factor < 1:
+            raise ValueError("backoff factor must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("backoff jitter must be within [0, 1]")
+
+    def ceiling(self, failures: int) -> float:
+        """The delay before jitter after ``failures`` failures in a row (>= 1)."""
+        exponent = max(0, failures - 1)
+        if self.initial == 0:
+            return 0.0
+        # Compare in the log domain so huge failure counts cannot overflow.
+        if exponent > 0 and self.factor > 1 and exponent > 1074:
+            return self.maximum
+        return min(self.maximum, self.initial * self.factor**exponent)
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """A jittered delay within ``[ceiling * (1 - jitter), ceiling]``."""
+        ceiling = self.ceiling(failures)
+        r = (rng or random).random()
+        return ceiling * (1.0 - self.jitter * r)
+
+
+class Client:
+    """A WhatsApp client on any :class:`~waclient.transport.Transport`.
+
+    Use ``async with Client(transport) as client:``; or ``await client.start()`` and
+    ``await client.close()``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        backoff: Backoff | None = None,
+        max_failures: int = 20,
+        reconnect_grace: float = 60.0,
+        max_listeners: int | None = 100,
+        strict_listeners: bool = False,
+        inbox_size: int = 1024,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_failures < 1:
+            raise ValueError("max_failures must be >= 1")
+        if inbox_size < 1:
+            raise ValueError("inbox_size must be >= 1")
+        self.transport = transport
+        self.backoff = backoff or Backoff()
+        self.max_failures = max_failures
+        self.reconnect_grace = reconnect_grace
+        self.registry = HandlerRegistry(max_listeners, strict=strict_listeners, name="client")
+        self.state = ClientState.IDLE
+        self.generation = 0
+        """The number of the current (or last) session attempt."""
+        self.attempts = 0
+        self.failures = 0
+        """Attempts in a row that never connected."""
+        self.stale_events = 0
+        """Events of an older generation (or after their session ended), dropped."""
+        self.last_error: str | None = None
+        self._rng = rng or random.Random()
+        self._lifetime = self.registry.scope("client")
+        self._connection: Scope | None = None
+        self._inbox_size = inbox_size
+        self._slots = threading.BoundedSemaphore(inbox_size)
+        self._inbox: asyncio.Queue[tuple[int, object]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._accepting: int | None = None
+        self._session_connected = False
+        self._terminal: ClientState | None = None
+        self._closing = False
+        self._wake: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._waiters: list[tuple[frozenset[ClientState], asyncio.Future[ClientState]]] = []
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the supervisor; it connects in the background."""
+        if self._supervisor is not None:
+            raise RuntimeError("client already started")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._inbox = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._pump = asyncio.create_task(self._pump_events(), name="waclient-pump")
+        self._supervisor = asyncio.create_task(self._supervise(), name="waclient-supervisor")
+
+    async def close(self) -> None:
+        """Stop the session, the supervisor and the pump; remove every handler. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        self._cancel_grace()
+        if self._supervisor is not None:
+            await self.transport.stop()
+            await self._supervisor
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._close_connection()
+        self._lifetime.close()
+        await self.transport.close()
+        if not self.state.terminal:
+            self._set_state(ClientState.STOPPED)
+        self._fail_waiters()
+
+    def on(self, event_type: type[E], handler: Handler[E]) -> Subscription[E]:
+        """Register a handler for the client's whole life."""
+        return self._lifetime.on(event_type, handler)
+
+    @property
+    def connection(self) -> Scope:
+        """The scope of the current connection; its handlers go when the connection drops.
+
+        Raises :class:`NotConnectedError` between connections: register per-connection handlers
+        from a ``ConnectedEv`` handler.
+        """
+        scope = self._connection
+        if scope is None:
+            raise NotConnectedError(f"no live connection (state: {self.state.value})")
+        return scope
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None
+
+    def listener_count(self, event_type: type[Any] | None = None) -> int:
+        """Live handlers of the client, of one event type or of all."""
+        return self.registry.count(event_type)
+
+    async def send_text(self, chat: str, text: str) -> SentMessage:
+        """Send a text message; after it is sent, ``SentMessage`` is dispatched to handlers."""
+        if self._connection is None:
+            raise NotConnectedError(f"cannot send: no live connection (state: {self.state.value})")
+        sent = await self.transport.send_text(chat, text)
+        await self.registry.dispatch_async(sent)
+        return sent
+
+    async def wait_for(self, *states: ClientState, timeout: float | None = None) -> ClientState:
+        """Wait until the client is in one of ``states``; return that state."""
+        if self.state in states:
+            return self.state
+        future: asyncio.Future[ClientState] = asyncio.get_running_loop().create_future()
+        entry = (frozenset(states), future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    async def idle(self) -> None:
+        """Wait until every event received so far has been dispatched."""
+        if self._inbox is not None:
+            await self._inbox.join()
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the lifecycle counters, for logs and health endpoints."""
+        return {
+            "state": self.state.value,
+            "generation": self.generation,
+            "attempts": self.attempts,
+            "failures_in_a_row": self.failures,
+            "stale_events": self.stale_events,
+            "handler_errors": self.registry.handler_errors,
+            "listeners": self.registry.count(),
+            "listeners_by_type": self.registry.counts(),
+            "inbox": self._inbox.qsize() if self._inbox is not None else 0,
+            "last_error": self.last_error,
+        }
+
+    # -- the supervisor ---------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            self.generation += 1
+            self.attempts += 1
+            generation = self.generation
+            self._session_connected = False
+            self._accepting = generation
+            self._set_state(ClientState.CONNECTING)
+            try:
+                await self.transport.run(self._sink_for(generation))
+            except TransportError as exc:
+                self.last_error = str(exc)
+                log.info("attempt %d failed: %s", generation, exc)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("attempt %d: transport raised unexpectedly", generation)
+            await self._finish_generation()
+            self._cancel_grace()
+            self._close_connection()
+            if self._closing:
+                return
+            if self._terminal is not None:
+                self._set_state(self._terminal)
+                return
+            self.failures = 0 if self._session_connected else self.failures + 1
+            if self.failures >= self.max_failures:
+                log.error("giving up after %d failed attempts in a row", self.failures)
+                self._set_state(ClientState.FAILED)
+                return
+            self._set_state(ClientState.BACKOFF)
+            await self._sleep(self.backoff.delay(max(1, self.failures), self._rng))
+
+    async def _finish_generation(self) -> None:
+        """Dispatch what the ended session had already queued, then refuse its late events."""
+        await self.idle()
+        self._accepting = None
+
+    async def _sleep(self, delay: float) -> None:
+        assert self._wake is not None
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _sink_for(self, generation: int) -> EventSink:
+        loop, inbox, slots = self._loop, self._inbox, self._slots
+        assert loop is not None and inbox is not None
+
+        def sink(event: Event) -> None:
+            if threading.get_ident() == self._loop_thread:
+                raise RuntimeError("transport events must come from the Go side's thread")
+            while not slots.acquire(timeout=0.25):  # backpressure: the loop is behind
+                if self._closing or loop.is_closed():
+                    self.stale_events += 1
+                    return
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, (generation, event))
+            except RuntimeError:  # the loop has closed
+                slots.release()
+
+        return sink
+
+    async def _pump_events(self) -> None:
+        inbox = self._inbox
+        assert inbox is not None
+        while True:
+            generation, event = await inbox.get()
+            self._slots.release()
+            try:
+                await self._deliver(generation, event)
+            except Exception:
+                log.exception("delivering %s failed", type(event).__name__)
+            finally:
+                inbox.task_done()
+
+    async def _deliver(self, generation: int, event: object) -> None:
+        if generation != self._accepting:
+            self.stale_events += 1
+            return
+        kind = type(event)
+        if kind is ConnectedEv:
+            self._cancel_grace()
+            self._close_connection()
+            self._connection = self._lifetime.scope(f"connection/{generation}")
+            self._session_connected = True
+            self.failures = 0
+            self._set_state(ClientState.CONNECTED)
+        await self.registry.dispatch_async(event)
+        if kind is DisconnectedEv:
+            self._close_connection()
+            if not self._closing and self._terminal is None:
+                self._set_state(ClientState.RECONNECTING)
+                self._arm_grace(generation)
+        elif kind in _STATE_FOR_TERMINAL_EVENT:
+            self._terminal = _STATE_FOR_TERMINAL_EVENT[kind]
+            self._close_connection()
+            log.warning("%s: not reconnecting", kind.__name__)
+            self._spawn(self.transport.stop())
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _arm_grace(self, generation: int) -> None:
+        assert self._loop is not None
+        self._cancel_grace()
+        self._grace_timer = self._loop.call_later(
+            self.reconnect_grace, self._grace_expired, generation
+        )
+
+    def _grace_expired(self, generation: int) -> None:
+        self._grace_timer = None
+        if generation == self._accepting and self._connection is None and not self._closing:
+            log.warning(
+                "session %d stayed disconnected for %.0fs; the supervisor takes over",
+                generation,
+                self.reconnect_grace,
+            )
+            self._spawn(self.transport.stop())
+
+    def _cancel_grace(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+
+    def _close_connection(self) -> None:
+        scope, self._connection = self._connection, None
+        if scope is not None:
+            scope.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_state(self, state: ClientState) -> None:
+        if state is self.state:
+            return
+        log.debug("state %s -> %s (generation %d)", self.state.value, state.value, self.generation)
+        self.state = state
+        still_waiting = []
+        for states, future in self._waiters:
+            if future.done():
+                continue
+            if state in states:
+                future.set_result(state)
+            else:
+                still_waiting.append((states, future))
+        self._waiters = still_waiting
+
+    def _fail_waiters(self) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(NotConnectedError("client closed"))
+        self._waiters = []
+
