@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import threading
 from dataclasses import dataclass
@@ -116,10 +117,10 @@ class Backoff:
         exponent = max(0, failures - 1)
         if self.initial == 0:
             return 0.0
-        # Compare in the log domain so huge failure counts cannot overflow.
-        if exponent > 0 and self.factor > 1 and exponent > 1074:
+        # In the log domain, so that a long run of failures cannot overflow.
+        if exponent * math.log(self.factor) >= math.log(self.maximum / self.initial):
             return self.maximum
-        return min(self.maximum, self.initial * self.factor**exponent)
+        return float(self.initial * self.factor**exponent)
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """A jittered delay within ``[ceiling * (1 - jitter), ceiling]``."""
