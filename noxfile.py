@@ -8,7 +8,6 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-
 def _install(session: nox.Session, extras: str) -> None:
     session.install("--upgrade", "pip")
     session.install("-e", f".[{extras}]")

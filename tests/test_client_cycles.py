@@ -1,4 +1,4 @@
-"""10,000 connect -> 20 events -> disconnect cycles: listener counts exact, nothing outlives its cycle."""
+"""10,000 connect -> 20 events -> disconnect cycles: exact counts, nothing outlives a cycle."""
 
 from __future__ import annotations
 
@@ -53,9 +53,7 @@ async def test_ten_thousand_reconnect_cycles_keep_counts_exact() -> None:
             await sim.wait_session(cycle)
             counts_seen_between.add(client.listener_count())
             await sim.connect()
-            await sim.emit(
-                *(message_event(text=f"{cycle}/{i}") for i in range(EVENTS_PER_CYCLE))
-            )
+            await sim.emit(*(message_event(text=f"{cycle}/{i}") for i in range(EVENTS_PER_CYCLE)))
             await client.idle()
             assert client.state is ClientState.CONNECTED
             counts_seen_during.add(client.listener_count())

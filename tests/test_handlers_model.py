@@ -162,5 +162,7 @@ class RegistryMachine(RuleBasedStateMachine):
             assert sub.real.active == sub.live
 
 
-RegistryMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+RegistryMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=40, deadline=None
+)
 TestRegistryMachine = RegistryMachine.TestCase

@@ -1,6 +1,6 @@
 """waclient: a WhatsApp client on neonize whose handlers, buffers and reconnects stay bounded."""
 
-from waclient.client import Backoff, Client, ClientState, NotConnectedError
+from waclient.client import Backoff, Client, ClientState, NotConnectedError, StateChange
 from waclient.handlers import (
     HandlerRegistry,
     ListenerLimitError,
@@ -21,6 +21,7 @@ __all__ = [
     "Scope",
     "ScopeClosedError",
     "SentMessage",
+    "StateChange",
     "Subscription",
     "Transport",
     "TransportError",

@@ -18,6 +18,7 @@ arrives and closes after Disconnected has been dispatched, before any new attemp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -40,7 +41,7 @@ from waclient.events import (
 from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
 from waclient.transport import EventSink, SentMessage, Transport, TransportError
 
-__all__ = ["Backoff", "Client", "ClientState", "NotConnectedError"]
+__all__ = ["Backoff", "Client", "ClientState", "NotConnectedError", "StateChange"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,17 @@ _STATE_FOR_TERMINAL_EVENT: dict[type[Any], ClientState] = {
     ClientOutdatedEv: ClientState.CLIENT_OUTDATED,
 }
 assert set(_STATE_FOR_TERMINAL_EVENT) == set(TERMINAL_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """Dispatched to ``client.on(StateChange, fn)`` handlers on every lifecycle transition."""
+
+    old: ClientState
+    new: ClientState
+    generation: int
+    delay: float | None = None
+    """Entering BACKOFF: the seconds until the next attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +342,9 @@ class Client:
                 log.error("giving up after %d failed attempts in a row", self.failures)
                 self._set_state(ClientState.FAILED)
                 return
-            self._set_state(ClientState.BACKOFF)
-            await self._sleep(self.backoff.delay(max(1, self.failures), self._rng))
+            delay = self.backoff.delay(max(1, self.failures), self._rng)
+            self._set_state(ClientState.BACKOFF, delay)
+            await self._sleep(delay)
 
     async def _finish_generation(self) -> None:
         """Dispatch what the ended session had already queued, then refuse its late events."""
@@ -343,10 +356,8 @@ class Client:
         if delay <= 0:
             await asyncio.sleep(0)
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
-        except TimeoutError:
-            pass
 
     # -- events -----------------------------------------------------------------------------
 
@@ -439,11 +450,13 @@ class Client:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _set_state(self, state: ClientState) -> None:
+    def _set_state(self, state: ClientState, delay: float | None = None) -> None:
         if state is self.state:
             return
         log.debug("state %s -> %s (generation %d)", self.state.value, state.value, self.generation)
+        change = StateChange(self.state, state, self.generation, delay)
         self.state = state
+        self.registry.dispatch(change)
         still_waiting = []
         for states, future in self._waiters:
             if future.done():
@@ -459,4 +472,3 @@ class Client:
             if not future.done():
                 future.set_exception(NotConnectedError("client closed"))
         self._waiters = []
-

@@ -7,7 +7,7 @@ bridge into a :class:`~waclient.handlers.HandlerRegistry`: one bridge handler pe
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeAlias
 
 from google.protobuf.message import Message as ProtoMessage
 from neonize.events import (
@@ -63,7 +63,7 @@ __all__ = [
     "event_type",
 ]
 
-Event = ProtoMessage
+Event: TypeAlias = ProtoMessage
 """Every event is a protobuf message; handlers receive the decoded message."""
 
 SUPPORTED_EVENTS: Final[tuple[type[Event], ...]] = (
@@ -102,7 +102,7 @@ TERMINAL_EVENTS: Final[tuple[type[Event], ...]] = (
 def event_code(event_type: type[Event]) -> int:
     """The Go core's integer code for ``event_type``; ``KeyError`` names an unknown type."""
     try:
-        return EVENT_TO_INT[event_type]
+        return int(EVENT_TO_INT[event_type])
     except KeyError:
         raise KeyError(f"{event_type.__name__} is not a neonize event type") from None
 
@@ -110,6 +110,7 @@ def event_code(event_type: type[Event]) -> int:
 def event_type(code: int) -> type[Event]:
     """The event type for a Go core code; ``KeyError`` for an unknown code."""
     try:
-        return INT_TO_EVENT[code]
+        found: type[Event] = INT_TO_EVENT[code]
+        return found
     except KeyError:
         raise KeyError(f"no neonize event has code {code}") from None

@@ -50,7 +50,7 @@ class ScopeClosedError(RuntimeError):
 
 
 class Subscription(Generic[E]):
-    """One registered handler. ``remove()`` is idempotent; after it the handler is not referenced."""
+    """One registered handler. ``remove()`` is idempotent and drops the handler."""
 
     __slots__ = ("__weakref__", "_handler", "_registry", "_scope", "event_type", "seq")
 
@@ -255,9 +255,16 @@ class HandlerRegistry:
         referenced until it ends; use :meth:`dispatch_async` to await them in order instead.
         """
         subs = self._by_type.get(type(event), ())
-        for sub in subs:
-            result = self._call(sub, event)
-            if inspect.isawaitable(result):
+        for sub in subs:  # the hot path: kept inline
+            handler = sub._handler
+            if handler is None:  # removed while this dispatch was in flight
+                continue
+            try:
+                result = handler(event)
+            except Exception:
+                self._record_error(sub)
+                continue
+            if result is not None and inspect.isawaitable(result):
                 self._schedule(sub, result)
         return len(subs)
 
@@ -266,7 +273,7 @@ class HandlerRegistry:
         subs = self._by_type.get(type(event), ())
         for sub in subs:
             result = self._call(sub, event)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 try:
                     await result
                 except Exception:
@@ -346,9 +353,7 @@ class HandlerRegistry:
             if not t.cancelled() and t.exception() is not None:
                 exc = t.exception()
                 self.handler_errors += 1
-                log.error(
-                    "async handler for %s raised", sub.event_type.__name__, exc_info=exc
-                )
+                log.error("async handler for %s raised", sub.event_type.__name__, exc_info=exc)
 
         task.add_done_callback(done)
 
