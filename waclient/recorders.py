@@ -1,0 +1,674 @@
+"""Inbound and outbound message recorders to Redis Streams that survive Redis outages.
+
+A record goes through three bounded places, oldest first:
+
+1. the Redis write in flight (one batch of at most ``batch_size``),
+2. the on-disk :class:`~waclient.spool.Spool` (bounded by records and bytes),
+3. the in-memory buffer (at most ``max_buffer`` records).
+
+Every record gets a sequence number when it is recorded; the spool is ordered by it, so a batch
+that fails in flight after newer records were spooled still drains before them. The writer
+always takes the in-flight batch first, then the spool, then memory: records reach Redis in the
+order they were recorded, hence in order per chat.
+
+While Redis is up, the writer sends batches from memory as one script call each (pipelined in
+the sense that one round trip carries the whole batch). When a write fails, Redis is marked
+down: the failed batch goes to the spool, and so does everything recorded during the outage
+(promptly, in batches, on a thread). The writer waits a capped exponential backoff, probes with
+PING, and when Redis answers it drains the spool in order, then memory. A caller of
+:meth:`Recorder.record` waits only while the buffer is full; if the writer is stuck in a slow
+write for longer than ``spill_after`` seconds, memory is spilled to the spool to make room.
+
+Idempotence: each record is written by a Lua script that does ``SET dedupe-key NX EX ttl`` and
+only then ``XADD`` to the stream, atomically. The dedupe key is derived from the direction, the
+chat and the WhatsApp message id. A batch whose reply was lost (reset, timeout, kill) is sent
+again and its records that did land are skipped and counted as ``duplicates``. See docs/redis.md.
+
+What cannot be kept (the spool is full, or there is no spool) is counted as ``dropped`` in
+:meth:`Recorder.stats` and logged once per outage; the process keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from waclient.events import MessageEv
+from waclient.handlers import Subscription
+from waclient.redis import RedisHealth
+from waclient.spool import Spool
+from waclient.transport import SentMessage
+
+if TYPE_CHECKING:
+    from waclient.client import Client
+
+__all__ = [
+    "InboundRecorder",
+    "MessageRecord",
+    "OutboundRecorder",
+    "Recorder",
+    "RecorderClosedError",
+    "RecorderStats",
+    "jid_to_str",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Direction = Literal["in", "out"]
+
+# KEYS[1] = stream, KEYS[2..n+1] = one dedupe key per record.
+# ARGV[1] = dedupe ttl (s), ARGV[2] = stream MAXLEN (approximate), ARGV[3] = fields per record
+# (names and values), ARGV[4..] = the records' fields, one record after the other.
+_WRITE_SCRIPT = """
+local ttl = ARGV[1]
+local maxlen = ARGV[2]
+local nf = tonumber(ARGV[3])
+local written, dupes = 0, 0
+local pos = 4
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, pos, pos + nf - 1))
+    written = written + 1
+  else
+    dupes = dupes + 1
+  end
+  pos = pos + nf
+end
+return {written, dupes}
+"""
+
+_FIELD_NAMES = ("id", "chat", "sender", "text", "ts", "dir")
+
+
+class RecorderClosedError(RuntimeError):
+    """The recorder was closed; it takes no more records."""
+
+
+def jid_to_str(jid: Any) -> str:
+    """``user@server`` for a neonize JID proto (``server`` alone when there is no user)."""
+    user, server = str(jid.User), str(jid.Server)
+    if user and server:
+        return f"{user}@{server}"
+    return user or server
+
+
+def _direction(value: object) -> Direction:
+    if value == "in":
+        return "in"
+    if value == "out":
+        return "out"
+    raise ValueError(f"bad direction: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message as stored in the stream."""
+
+    id: str
+    chat: str
+    sender: str
+    text: str
+    timestamp: int
+    direction: Direction
+
+    def fields(self) -> list[str]:
+        """The stream entry's field names and values, interleaved."""
+        values = (self.id, self.chat, self.sender, self.text, str(self.timestamp), self.direction)
+        out: list[str] = []
+        for name, value in zip(_FIELD_NAMES, values, strict=True):
+            out += (name, value)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            [self.id, self.chat, self.sender, self.text, self.timestamp, self.direction],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MessageRecord:
+        id_, chat, sender, text, ts, direction = json.loads(data)
+        return cls(str(id_), str(chat), str(sender), str(text), int(ts), _direction(direction))
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> MessageRecord:
+        """Rebuild a record from a stream entry (as read with XRANGE/XREAD)."""
+        get: dict[str, str] = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        return cls(
+            get["id"],
+            get["chat"],
+            get["sender"],
+            get["text"],
+            int(get["ts"]),
+            _direction(get["dir"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderStats:
+    """A snapshot of a recorder, for logs and /health/redis."""
+
+    stream: str
+    up: bool
+    """False from a failed write until Redis answers again."""
+    buffered: int
+    """Records in memory, including the batch in flight."""
+    spooled: int
+    """Records in the on-disk spool now."""
+    dropped: int
+    """Records refused because the spool was full (or there is no spool)."""
+    recorded: int
+    """Records handed to the recorder."""
+    written: int
+    """Records added to the stream."""
+    duplicates: int
+    """Records skipped because their dedupe key was already there (a replay)."""
+    replayed: int
+    """Records written from the spool (written after an outage or a restart)."""
+    spooled_total: int
+    """Records ever moved to the spool."""
+    outages: int
+    """Up -> down transitions."""
+    last_error: str | None
+    down_since: float | None
+    """``time.time()`` when the current outage began, else None."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Recorder:
+    """Writes :class:`MessageRecord` s to a Redis stream; bounded through any outage.
+
+    - ``stream``: the stream key (default ``{key_prefix}:messages:{direction}``), trimmed with
+      ``MAXLEN ~ maxlen``.
+    - ``spool``: a :class:`Spool`, or a path (then the recorder opens and closes it), or None
+      (no disk: what does not fit in memory during an outage is dropped and counted).
+    - ``max_buffer``: records kept in memory; ``batch_size``: records per Redis call.
+    - ``dedupe_ttl``: seconds a record's dedupe key lives; a replay later than that would
+      write the record again. It should exceed the longest outage the spool can hold.
+    - ``retry_initial`` / ``retry_max``: the backoff between probes while Redis is down.
+    - ``spill_after``: seconds a full buffer waits for a stuck write before spilling to disk.
+    """
+
+    direction: ClassVar[Direction] = "in"
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream: str | None = None,
+        spool: Spool | str | os.PathLike[str] | None = None,
+        key_prefix: str = "waclient",
+        max_buffer: int = 5_000,
+        batch_size: int = 256,
+        spill_batch: int = 512,
+        maxlen: int = 1_000_000,
+        dedupe_ttl: int = 7 * 24 * 3600,
+        retry_initial: float = 0.1,
+        retry_max: float = 5.0,
+        probe_timeout: float = 1.0,
+        spill_after: float = 0.25,
+    ) -> None:
+        if max_buffer < 1 or batch_size < 1 or spill_batch < 1:
+            raise ValueError("max_buffer, batch_size and spill_batch must be >= 1")
+        if maxlen < 1 or dedupe_ttl < 1:
+            raise ValueError("maxlen and dedupe_ttl must be >= 1")
+        if not 0 < retry_initial <= retry_max:
+            raise ValueError("retry needs 0 < retry_initial <= retry_max")
+        if spill_after <= 0:
+            raise ValueError("spill_after must be > 0")
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.stream = stream or f"{key_prefix}:messages:{self.direction}"
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.spill_batch = spill_batch
+        self.maxlen = maxlen
+        self.dedupe_ttl = dedupe_ttl
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.spill_after = spill_after
+        self.health = RedisHealth(redis, timeout=probe_timeout)
+        if spool is None or isinstance(spool, Spool):
+            self.spool = spool
+            self._owns_spool = False
+        else:
+            self.spool = Spool(spool)
+            self._owns_spool = True
+        self._script = redis.register_script(_WRITE_SCRIPT)
+        self._seq = self.spool.last_seq if self.spool is not None else 0
+        self._mem: deque[tuple[int, MessageRecord]] = deque()
+        self._inflight: list[tuple[int, MessageRecord]] = []
+        self._subs: list[Subscription[Any]] = []
+        # counters
+        self._recorded = 0
+        self._written = 0
+        self._duplicates = 0
+        self._replayed = 0
+        self._spooled_total = 0
+        self._dropped = 0
+        self._outages = 0
+        self._down = False
+        self._down_since: float | None = None
+        self._last_error: str | None = None
+        self._refusal_logged = False
+        # machinery (made in start(), on the running loop)
+        self._started = False
+        self._closing = False
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._work = asyncio.Event()
+        self._space = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._spill_wanted = asyncio.Event()
+        self._force_spill = False
+        self._spool_lock = asyncio.Lock()
+        self._stop: asyncio.Future[None] | None = None
+        self._closed_event = asyncio.Event()
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer (and spill) tasks; idempotent. ``record()`` calls it too."""
+        if self._started:
+            return
+        if self._closing:
+            raise RecorderClosedError("recorder is closed")
+        self._started = True
+        self._stop = asyncio.get_running_loop().create_future()
+        name = f"waclient-recorder-{self.direction}"
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"{name}-writer"),
+            asyncio.create_task(self._spiller(), name=f"{name}-spiller"),
+        ]
+        self._work.set()  # a spool left by an earlier process drains first
+
+    async def __aenter__(self) -> Recorder:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def record(self, rec: MessageRecord) -> None:
+        """Take a record. Waits only while the memory buffer is full."""
+        if self._closing:
+            raise RecorderClosedError("recorder is closed")
+        if not self._started:
+            await self.start()
+        while len(self._mem) >= self.max_buffer:
+            self._space.clear()
+            if self._down:
+                self._spill_wanted.set()
+            try:
+                await asyncio.wait_for(self._space.wait(), self.spill_after)
+            except TimeoutError:
+                # The writer is stuck in a slow write: make room on disk.
+                self._force_spill = True
+                self._spill_wanted.set()
+            if self._closing:
+                raise RecorderClosedError("recorder closed while waiting for buffer space")
+        self._seq += 1
+        self._mem.append((self._seq, rec))
+        self._recorded += 1
+        self._work.set()
+        if self._down:
+            self._spill_wanted.set()
+
+    def to_record(self, event: Any) -> MessageRecord:
+        """Turn the event this recorder listens to into a record (subclasses)."""
+        raise NotImplementedError
+
+    async def handle(self, event: Any) -> None:
+        """The handler :meth:`attach` registers: ``record(to_record(event))``."""
+        await self.record(self.to_record(event))
+
+    def stats(self) -> RecorderStats:
+        return RecorderStats(
+            stream=self.stream,
+            up=not self._down,
+            buffered=len(self._mem) + len(self._inflight),
+            spooled=len(self.spool) if self.spool is not None and not self.spool.closed else 0,
+            dropped=self._dropped,
+            recorded=self._recorded,
+            written=self._written,
+            duplicates=self._duplicates,
+            replayed=self._replayed,
+            spooled_total=self._spooled_total,
+            outages=self._outages,
+            last_error=self._last_error,
+            down_since=self._down_since,
+        )
+
+    @property
+    def pending(self) -> int:
+        """Records not yet in Redis (memory, in flight and spool)."""
+        spooled = len(self.spool) if self.spool is not None and not self.spool.closed else 0
+        return len(self._mem) + len(self._inflight) + spooled
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record taken so far is in Redis (or was dropped).
+
+        Returns False if ``timeout`` seconds pass first (for example while Redis is down).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self.pending:
+                    self._progress.clear()
+                    if not self.pending:
+                        break
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop taking records; write what can be written within ``timeout`` seconds; spool the
+        rest; close an owned spool. Idempotent."""
+        if self._closing:
+            await self._closed_event.wait()
+            return
+        self._closing = True
+        for sub in self._subs:
+            sub.remove()
+        self._subs.clear()
+        self._space.set()
+        if self._started:
+            if not self._down:
+                await self.flush(timeout)
+            assert self._stop is not None
+            if not self._stop.done():
+                self._stop.set_result(None)
+            self._work.set()
+            self._spill_wanted.set()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+        leftovers = self._inflight + list(self._mem)
+        self._inflight, self._mem = [], deque()
+        if leftovers:
+            await self._spill(leftovers)
+        if self.spool is not None and self._owns_spool:
+            await asyncio.to_thread(self.spool.close)
+        self._closed = True
+        self._closed_event.set()
+
+    # -- wiring to a Client -----------------------------------------------------------------
+
+    def attach(self, client: Client) -> Subscription[Any]:
+        """Register :meth:`handle` on ``client`` for the client's life; returns the subscription.
+
+        ``close()`` removes it too.
+        """
+        raise NotImplementedError
+
+    # -- the writer -------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        delay = self.retry_initial
+        while True:
+            try:
+                if self._down:
+                    if await self._sleep_or_stop(delay):
+                        break
+                    delay = min(self.retry_max, delay * 2)
+                    status = await self.health.check()
+                    if not status.up:
+                        self._last_error = status.last_error
+                        continue
+                    self._mark_up()
+                picked = await self._next_batch()
+                if picked is None:
+                    break
+                batch, ack_upto = picked
+                from_spool = ack_upto is not None
+                outcome = await self._race_stop(self._write(batch))
+                if outcome is None:  # stopping: the batch may or may not have landed
+                    await self._failed(batch, from_spool, "recorder closed during a write")
+                    break
+                if isinstance(outcome, BaseException):
+                    await self._failed(batch, from_spool, f"{type(outcome).__name__}: {outcome}")
+                    continue
+                written, dupes = outcome
+                self._written += written
+                self._duplicates += dupes
+                if ack_upto is not None:
+                    assert self.spool is not None
+                    await asyncio.to_thread(self.spool.ack, ack_upto)
+                    self._replayed += written
+                else:
+                    self._inflight = []
+                    self._space.set()
+                delay = self.retry_initial
+                self._progress.set()
+            except Exception:
+                log.exception("recorder %s: writer step failed; retrying", self.stream)
+                if await self._sleep_or_stop(delay):
+                    break
+                delay = min(self.retry_max, delay * 2)
+
+    async def _next_batch(self) -> tuple[list[tuple[int, MessageRecord]], int | None] | None:
+        """The oldest records not yet written, and the spool seq to ack after writing them
+        (None when they come from memory). The spool's come first. None: stopping."""
+        while True:
+            self._work.clear()
+            if self._stopping:
+                return None
+            async with self._spool_lock:
+                spool = self.spool
+                if spool is not None and len(spool):
+                    rows = await asyncio.to_thread(spool.peek, self.batch_size)
+                    if rows:
+                        return self._decode(rows), rows[-1][0]
+                if self._mem:
+                    n = min(self.batch_size, len(self._mem))
+                    self._inflight = [self._mem.popleft() for _ in range(n)]
+                    self._space.set()
+                    return self._inflight, None
+            self._progress.set()
+            await self._work.wait()
+
+    def _decode(self, rows: list[tuple[int, bytes]]) -> list[tuple[int, MessageRecord]]:
+        out: list[tuple[int, MessageRecord]] = []
+        for seq, payload in rows:
+            try:
+                out.append((seq, MessageRecord.from_bytes(payload)))
+            except (ValueError, TypeError) as exc:
+                # A damaged row must not block the spool forever: count it and move on.
+                self._dropped += 1
+                log.error(
+                    "recorder %s: unreadable spool record %d dropped: %s", self.stream, seq, exc
+                )
+        return out
+
+    async def _write(self, batch: Sequence[tuple[int, MessageRecord]]) -> tuple[int, int]:
+        if not batch:
+            return 0, 0
+        keys: list[str] = [self.stream]
+        args: list[str | int] = [self.dedupe_ttl, self.maxlen, 2 * len(_FIELD_NAMES)]
+        for _, rec in batch:
+            keys.append(self._dedupe_key(rec))
+            args += rec.fields()
+        result = await self._script(keys=keys, args=args)
+        written, dupes = result
+        return int(written), int(dupes)
+
+    def _dedupe_key(self, rec: MessageRecord) -> str:
+        return f"{self.key_prefix}:dedupe:{rec.direction}:{rec.chat}:{rec.id}"
+
+    async def _failed(
+        self, batch: list[tuple[int, MessageRecord]], from_spool: bool, error: str
+    ) -> None:
+        self._mark_down(error)
+        if not from_spool:
+            self._inflight = []
+            await self._spill(batch)
+            self._space.set()
+        self._spill_wanted.set()
+        self._progress.set()
+
+    # -- the spiller ------------------------------------------------------------------------
+
+    async def _spiller(self) -> None:
+        while not self._stopping:
+            await self._spill_wanted.wait()
+            self._spill_wanted.clear()
+            try:
+                while self._mem and (self._down or self._force_spill or self._stopping):
+                    async with self._spool_lock:
+                        n = min(self.spill_batch, len(self._mem))
+                        batch = [self._mem.popleft() for _ in range(n)]
+                        self._space.set()
+                        await self._spill_locked(batch)
+                    self._progress.set()
+            except Exception:
+                log.exception("recorder %s: spilling to the spool failed", self.stream)
+            self._force_spill = False
+
+    async def _spill(self, batch: list[tuple[int, MessageRecord]]) -> None:
+        async with self._spool_lock:
+            await self._spill_locked(batch)
+
+    async def _spill_locked(self, batch: list[tuple[int, MessageRecord]]) -> None:
+        if not batch:
+            return
+        spool = self.spool
+        if spool is None or spool.closed:
+            accepted, refused = 0, len(batch)
+        else:
+            rows = [(seq, rec.to_bytes()) for seq, rec in batch]
+            result = await asyncio.to_thread(spool.append, rows)
+            accepted, refused = result.accepted, result.refused
+        self._spooled_total += accepted
+        if refused:
+            self._dropped += refused
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                where = "the spool is full" if spool is not None else "there is no spool"
+                log.error(
+                    "recorder %s: %s; dropping records until Redis is back "
+                    "(counted in stats().dropped; this is logged once per outage)",
+                    self.stream,
+                    where,
+                )
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.done()
+
+    def _mark_down(self, error: str) -> None:
+        self._last_error = error
+        if not self._down:
+            self._down = True
+            self._down_since = time.time()
+            self._outages += 1
+            log.warning("recorder %s: Redis is down (%s); spooling", self.stream, error)
+
+    def _mark_up(self) -> None:
+        if self._down:
+            since = self._down_since or time.time()
+            log.warning(
+                "recorder %s: Redis is back after %.1fs; replaying %d spooled records",
+                self.stream,
+                time.time() - since,
+                len(self.spool) if self.spool is not None else 0,
+            )
+        self._down = False
+        self._down_since = None
+        self._refusal_logged = False
+        self._work.set()
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True (at once) if the recorder is stopping."""
+        stop = self._stop
+        assert stop is not None
+        if stop.done():
+            return True
+        done, _ = await asyncio.wait({stop}, timeout=delay)
+        return bool(done)
+
+    async def _race_stop(self, aw: Awaitable[T]) -> T | BaseException | None:
+        """Run ``aw`` until it ends or the recorder stops: its result, its exception, or None."""
+        stop = self._stop
+        assert stop is not None
+        task = asyncio.ensure_future(aw)
+        racers: set[asyncio.Future[Any]] = {task, stop}
+        await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        exc = task.exception()
+        if exc is not None:
+            if not isinstance(exc, RedisError | OSError | TimeoutError):
+                log.warning("recorder %s: unexpected error from a write", self.stream, exc_info=exc)
+            return exc
+        return task.result()
+
+
+class InboundRecorder(Recorder):
+    """Records every received message (``MessageEv``)."""
+
+    direction: ClassVar[Direction] = "in"
+
+    def to_record(self, event: Any) -> MessageRecord:
+        info = event.Info
+        message = event.Message
+        text = message.conversation or message.extendedTextMessage.text or ""
+        return MessageRecord(
+            id=str(info.ID),
+            chat=jid_to_str(info.MessageSource.Chat),
+            sender=jid_to_str(info.MessageSource.Sender),
+            text=str(text),
+            timestamp=int(info.Timestamp),
+            direction="in",
+        )
+
+    def attach(self, client: Client) -> Subscription[Any]:
+        sub = client.on(MessageEv, self.handle)
+        self._subs.append(sub)
+        return sub
+
+
+class OutboundRecorder(Recorder):
+    """Records every message the client sent (``SentMessage``, dispatched after a send)."""
+
+    direction: ClassVar[Direction] = "out"
+
+    def __init__(self, redis: Redis, *, sender: str = "", **kwargs: Any) -> None:
+        super().__init__(redis, **kwargs)
+        self.sender = sender
+        """What to put in the ``sender`` field (our own JID, when known)."""
+
+    def to_record(self, event: Any) -> MessageRecord:
+        sent: SentMessage = event
+        return MessageRecord(
+            id=sent.id,
+            chat=sent.chat,
+            sender=self.sender,
+            text=sent.text,
+            timestamp=int(sent.timestamp),
+            direction="out",
+        )
+
+    def attach(self, client: Client) -> Subscription[Any]:
+        sub = client.on(SentMessage, self.handle)
+        self._subs.append(sub)
+        return sub
