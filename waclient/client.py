@@ -325,7 +325,9 @@ class Client:
                 await self.transport.run(self._sink_for(generation))
             except TransportError as exc:
                 self.last_error = str(exc)
-                log.info("attempt %d failed: %s", generation, exc)
+                # A storm of failures would flood the log: 1st, 2nd, 4th, 8th... in a row.
+                level = logging.INFO if _power_of_two(self.failures + 1) else logging.DEBUG
+                log.log(level, "attempt %d failed: %s", generation, exc)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("attempt %d: transport raised unexpectedly", generation)
@@ -472,3 +474,7 @@ class Client:
             if not future.done():
                 future.set_exception(NotConnectedError("client closed"))
         self._waiters = []
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
