@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import itertools
-import logging
 import json
+import logging
 import os
 import pickle
 import signal
@@ -525,11 +526,10 @@ def _worker_main(conn: Connection, spec: _WorkerSpec) -> None:
             control("pong", message[1])
         elif kind == "send":
             _, request_id, chat, text = message
-            threading.Thread(
-                target=request, args=(request_id, lambda: go.send(chat, text)), daemon=True
-            ).start()
+            send = functools.partial(go.send, chat, text)
+            threading.Thread(target=request, args=(request_id, send), daemon=True).start()
         elif kind in ("emit", "disconnect"):
-            request(message[1], lambda: go.debug(kind, *message[2:]))
+            request(message[1], functools.partial(go.debug, kind, *message[2:]))
         elif kind == "exit":
             break
     go.stop()
