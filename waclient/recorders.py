@@ -367,6 +367,7 @@ class Recorder:
 
         Returns False if ``timeout`` seconds pass first (for example while Redis is down).
         """
+        self._work.set()  # records put in the spool from outside are noticed too
         try:
             async with asyncio.timeout(timeout):
                 while self.pending:
@@ -430,6 +431,7 @@ class Recorder:
                     status = await self.health.check()
                     if not status.up:
                         self._last_error = status.last_error
+                        log.debug("recorder %s: probe failed: %s", self.stream, status.last_error)
                         continue
                     self._mark_up()
                 picked = await self._next_batch()
@@ -514,6 +516,7 @@ class Recorder:
     async def _failed(
         self, batch: list[tuple[int, MessageRecord]], from_spool: bool, error: str
     ) -> None:
+        log.debug("recorder %s: writing %d records failed: %s", self.stream, len(batch), error)
         self._mark_down(error)
         if not from_spool:
             self._inflight = []
@@ -529,9 +532,11 @@ class Recorder:
             await self._spill_wanted.wait()
             self._spill_wanted.clear()
             try:
-                while self._mem and (self._down or self._force_spill or self._stopping):
+                while self._mem and self._should_spill():
                     async with self._spool_lock:
                         n = min(self.spill_batch, len(self._mem))
+                        if self.spool is None and not self._stopping:
+                            n = min(n, len(self._mem) - self.max_buffer + 1)  # only the overflow
                         batch = [self._mem.popleft() for _ in range(n)]
                         self._space.set()
                         await self._spill_locked(batch)
@@ -539,6 +544,13 @@ class Recorder:
             except Exception:
                 log.exception("recorder %s: spilling to the spool failed", self.stream)
             self._force_spill = False
+
+    def _should_spill(self) -> bool:
+        if self._stopping:
+            return True
+        if self.spool is None:  # nowhere to go: keep records in memory while they fit
+            return len(self._mem) >= self.max_buffer
+        return self._down or self._force_spill
 
     async def _spill(self, batch: list[tuple[int, MessageRecord]]) -> None:
         async with self._spool_lock:
