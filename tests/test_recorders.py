@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from neonize.proto import Neonize_pb2 as pb
@@ -27,7 +28,7 @@ from waclient.recorders import (
 from waclient.redis import open_redis
 from waclient.spool import Spool
 
-FAST = {"retry_initial": 0.01, "retry_max": 0.1, "probe_timeout": 0.3}
+FAST: dict[str, Any] = {"retry_initial": 0.01, "retry_max": 0.1, "probe_timeout": 0.3}
 
 
 def fast_redis(url: str) -> Redis:
@@ -46,7 +47,7 @@ def rec(i: int, chat: str = "c") -> MessageRecord:
 
 
 async def entries(redis: Redis, stream: str) -> list[MessageRecord]:
-    raw = await redis.xrange(stream)
+    raw: Any = await redis.xrange(stream)
     return [MessageRecord.from_fields(fields) for _, fields in raw]
 
 
@@ -329,3 +330,57 @@ async def test_attached_to_a_client_records_both_directions(r: Redis) -> None:
         await outbound.close()
         assert not sub_in.active and not sub_out.active
         assert client.listener_count() == base
+
+
+async def test_close_during_a_hanging_write_keeps_the_batch(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    slow = open_redis(fault_proxy.url, socket_timeout=30, retries=0)  # a write that hangs
+    path = tmp_path / "s.db"
+    recorder = InboundRecorder(slow, spool=path, **FAST)
+    await recorder.start()
+    fault_proxy.blackhole(True)
+    for i in range(100):
+        await recorder.record(rec(i))
+    for _ in range(100):  # until the writer holds a batch in flight
+        if recorder.stats().buffered and not recorder._mem:
+            break
+        await asyncio.sleep(0.01)
+    await recorder.close(timeout=0.2)
+    stats = recorder.stats()
+    assert stats.dropped == 0 and stats.written == 0
+    with Spool(path) as left:
+        assert [MessageRecord.from_bytes(p).id for _, p in left.peek(1000)] == [
+            f"id{i}" for i in range(100)
+        ]
+    fault_proxy.blackhole(False)
+    await slow.aclose()
+
+
+async def test_a_failing_spool_counts_and_logs_once(
+    fault_proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    caplog.set_level(logging.ERROR, logger="waclient.recorders")
+    redis = fast_redis(fault_proxy.url)
+    spool = Spool(tmp_path / "s.db")
+
+    def disk_full(rows: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    spool.append = disk_full  # type: ignore[method-assign,assignment]
+    recorder = InboundRecorder(redis, spool=spool, max_buffer=20, **FAST)
+    fault_proxy.refuse(True)
+    fault_proxy.reset()
+    for i in range(300):
+        await recorder.record(rec(i))  # never raises, never blocks for long
+    assert await recorder.flush(10)  # nothing pending: every record was dropped and counted
+    stats = recorder.stats()
+    assert stats.dropped == 300 and stats.buffered == 0 and stats.written == 0
+    failures = [m for m in caplog.messages if "the spool failed" in m]
+    assert len(failures) == 1 and "disk is full" in failures[0]
+    fault_proxy.refuse(False)
+    await recorder.close()
+    spool.close()
+    await redis.aclose()

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -78,9 +79,9 @@ def outage_redis(url: str) -> Redis:
 async def check_stream(redis: Redis, stream: str, expected: int) -> tuple[int, int]:
     """(entries, duplicates); asserts all of 0..expected-1 are there, in order per chat."""
     got: list[MessageRecord] = []
-    start: str | bytes = "-"
+    start: bytes = b"-"
     while True:
-        page = await redis.xrange(stream, min=start, count=2000)
+        page: Any = await redis.xrange(stream, min=start, count=2000)
         got += [MessageRecord.from_fields(fields) for _, fields in page]
         if len(page) < 2000:
             break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import fakeredis
 import pytest
@@ -53,7 +54,7 @@ async def test_open_redis_has_bounded_pool_timeouts_retries_and_health_checks(
         {"pool_timeout": 0},
     ],
 )
-def test_open_redis_rejects_unsafe_settings(kwargs: dict[str, float]) -> None:
+def test_open_redis_rejects_unsafe_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         open_redis("redis://127.0.0.1:1/0", **kwargs)
 
@@ -62,7 +63,7 @@ async def test_pool_is_bounded_callers_wait_then_fail(redis_url: str) -> None:
     """One connection: while BLPOP holds it, another command waits pool_timeout, then fails."""
     r = open_redis(redis_url, max_connections=1, pool_timeout=0.2, socket_timeout=5)
     try:
-        blocker = asyncio.create_task(r.blpop(["never"], timeout=1))
+        blocker: asyncio.Future[Any] = asyncio.ensure_future(r.blpop(["never"], timeout=1))
         await asyncio.sleep(0.05)
         with pytest.raises(RedisConnectionError, match="No connection available"):
             await r.ping()

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -358,15 +359,16 @@ def test_bad_scheduler_settings() -> None:
     async def send(chat: str, text: str) -> object:
         return None
 
-    for kwargs in (
+    cases: list[dict[str, Any]] = [
         {"namespace": ""},
         {"max_jobs_per_session": 0},
         {"poll_interval": 0},
         {"lease": 10, "send_timeout": 10},
         {"claim_batch": 0},
-    ):
+    ]
+    for kwargs in cases:
         with pytest.raises(ValueError):
-            Scheduler(redis, send, **kwargs)  # type: ignore[arg-type]
+            Scheduler(redis, send, **kwargs)
 
 
 async def test_failed_sends_retry_then_give_up(r: Redis) -> None:

@@ -34,9 +34,10 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -143,7 +144,7 @@ class MessageRecord:
         return cls(str(id_), str(chat), str(sender), str(text), int(ts), _direction(direction))
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> MessageRecord:
+    def from_fields(cls, fields: Mapping[Any, Any]) -> MessageRecord:
         """Rebuild a record from a stream entry (as read with XRANGE/XREAD)."""
         get: dict[str, str] = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
@@ -263,6 +264,7 @@ class Recorder:
         self._replayed = 0
         self._spooled_total = 0
         self._dropped = 0
+        self._spilling = 0
         self._outages = 0
         self._down = False
         self._down_since: float | None = None
@@ -343,7 +345,7 @@ class Recorder:
         return RecorderStats(
             stream=self.stream,
             up=not self._down,
-            buffered=len(self._mem) + len(self._inflight),
+            buffered=len(self._mem) + len(self._inflight) + self._spilling,
             spooled=len(self.spool) if self.spool is not None and not self.spool.closed else 0,
             dropped=self._dropped,
             recorded=self._recorded,
@@ -360,7 +362,7 @@ class Recorder:
     def pending(self) -> int:
         """Records not yet in Redis (memory, in flight and spool)."""
         spooled = len(self.spool) if self.spool is not None and not self.spool.closed else 0
-        return len(self._mem) + len(self._inflight) + spooled
+        return len(self._mem) + len(self._inflight) + self._spilling + spooled
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record taken so far is in Redis (or was dropped).
@@ -441,7 +443,9 @@ class Recorder:
                 from_spool = ack_upto is not None
                 outcome = await self._race_stop(self._write(batch))
                 if outcome is None:  # stopping: the batch may or may not have landed
-                    await self._failed(batch, from_spool, "recorder closed during a write")
+                    if not from_spool:  # keep it; a replay of what landed is skipped
+                        self._inflight = []
+                        await self._spill(batch)
                     break
                 if isinstance(outcome, BaseException):
                     await self._failed(batch, from_spool, f"{type(outcome).__name__}: {outcome}")
@@ -559,25 +563,38 @@ class Recorder:
     async def _spill_locked(self, batch: list[tuple[int, MessageRecord]]) -> None:
         if not batch:
             return
-        spool = self.spool
-        if spool is None or spool.closed:
-            accepted, refused = 0, len(batch)
-        else:
-            rows = [(seq, rec.to_bytes()) for seq, rec in batch]
-            result = await asyncio.to_thread(spool.append, rows)
-            accepted, refused = result.accepted, result.refused
+        self._spilling += len(batch)  # still counted as buffered until settled
+        try:
+            accepted, refused, where = await self._append_to_spool(batch)
+        finally:
+            self._spilling -= len(batch)
         self._spooled_total += accepted
         if refused:
             self._dropped += refused
             if not self._refusal_logged:
                 self._refusal_logged = True
-                where = "the spool is full" if spool is not None else "there is no spool"
                 log.error(
                     "recorder %s: %s; dropping records until Redis is back "
                     "(counted in stats().dropped; this is logged once per outage)",
                     self.stream,
                     where,
                 )
+
+    async def _append_to_spool(
+        self, batch: list[tuple[int, MessageRecord]]
+    ) -> tuple[int, int, str]:
+        """(accepted, refused, why refused)."""
+        spool = self.spool
+        if spool is None:
+            return 0, len(batch), "there is no spool"
+        if spool.closed:
+            return 0, len(batch), "the spool is closed"
+        rows = [(seq, rec.to_bytes()) for seq, rec in batch]
+        try:
+            result = await asyncio.to_thread(spool.append, rows)
+        except (sqlite3.Error, OSError) as exc:  # disk full, unwritable file...
+            return 0, len(batch), f"the spool failed ({type(exc).__name__}: {exc})"
+        return result.accepted, result.refused, "the spool is full"
 
     # -- state ------------------------------------------------------------------------------
 
