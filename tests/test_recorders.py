@@ -205,7 +205,7 @@ async def test_down_then_up_spools_and_replays_in_order(
     assert not await recorder.flush(0.3)  # nothing can reach Redis now
     stats = recorder.stats()
     assert not stats.up and stats.outages == 1 and stats.last_error
-    assert stats.buffered <= 50 + recorder.batch_size
+    assert stats.buffered <= recorder.memory_bound == 50 + 256 + 50
     assert stats.spooled + stats.buffered == 500 and stats.dropped == 0
     assert stats.down_since is not None
     killable_redis.restart()
@@ -258,7 +258,7 @@ async def test_without_spool_memory_is_bounded_and_overflow_is_counted(
     fault_proxy.blackhole(True)
     for i in range(1000):
         await recorder.record(rec(i))
-        assert recorder.stats().buffered <= 100 + recorder.batch_size
+        assert recorder.stats().buffered <= recorder.memory_bound
     stats = recorder.stats()
     assert stats.dropped + stats.written + stats.buffered == 1000 and stats.dropped > 0
     assert stats.buffered > 0  # without a spool, memory keeps what fits

@@ -359,6 +359,12 @@ class Recorder:
         )
 
     @property
+    def memory_bound(self) -> int:
+        """The most records this recorder holds in memory at any time: the buffer, one batch
+        in flight to Redis, and one batch on its way to the spool."""
+        return self.max_buffer + self.batch_size + min(self.spill_batch, self.max_buffer)
+
+    @property
     def pending(self) -> int:
         """Records not yet in Redis (memory, in flight and spool)."""
         spooled = len(self.spool) if self.spool is not None and not self.spool.closed else 0
