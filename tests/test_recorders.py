@@ -384,3 +384,32 @@ async def test_a_failing_spool_counts_and_logs_once(
     await recorder.close()
     spool.close()
     await redis.aclose()
+
+
+async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
+    """While Redis is down the writer probes on a capped backoff, not in a loop."""
+    redis = fast_redis(killable_redis.url)
+    recorder = InboundRecorder(redis, retry_initial=0.01, retry_max=0.1, probe_timeout=0.3)
+    probes = 0
+    check = recorder.health.check
+
+    async def counting_check() -> Any:
+        nonlocal probes
+        probes += 1
+        return await check()
+
+    recorder.health.check = counting_check  # type: ignore[method-assign]
+    killable_redis.kill()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await recorder.record(rec(1))
+    await asyncio.sleep(1.0)
+    elapsed = loop.time() - started
+    assert not recorder.stats().up
+    # 0.01 + 0.02 + 0.04 + 0.08 then every 0.1 s (plus each probe's own time): a loop would
+    # make thousands. An upper bound only, so a slow machine cannot fail it.
+    assert 1 <= probes <= elapsed / 0.1 + 5
+    killable_redis.restart()
+    assert await recorder.flush(20)
+    await recorder.close()
+    await redis.aclose()
