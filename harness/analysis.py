@@ -1,0 +1,656 @@
+"""Per-channel trend test, thresholds, memray leak sites -> :class:`Verdict`.
+
+The decision, per channel, on the samples of the measured cycles only (warm-up excluded):
+
+1. Theil-Sen slope over all measured samples (``scipy.stats.theilslopes``) with its confidence
+   interval at ``confidence`` (default 99 %): the lower bound must be above the channel's
+   threshold (units per cycle). Theil-Sen is the median of pairwise slopes: outliers, a
+   collection now and then, a burst, do not move it.
+2. The second half of the measured samples must still grow: its own Theil-Sen slope above the
+   threshold, a Mann-Kendall trend test (Kendall's tau of value against cycle,
+   ``scipy.stats.kendalltau(alternative="greater")``) significant at ``1 - confidence``, and its
+   growth (median of its last tenth minus median of its first tenth) above the channel's
+   ``min_growth``.
+
+A cache that fills in the first half and then stops passes 1 but fails 2: not a leak. A slow
+steady leak passes both. A sawtooth or bursts that free their memory fail 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sysconfig
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MAX_POINTS",
+    "ChannelResult",
+    "LeakSite",
+    "Timeline",
+    "TypeGrowth",
+    "Verdict",
+    "analyze_channel",
+    "format_quantity",
+    "leak_sites_from_capture",
+]
+
+MAX_POINTS = 1500
+"""Samples analysed per channel at most (evenly thinned beyond): Theil-Sen is O(n^2)."""
+TOP_SITES = 10
+NO_PYTHON_FRAME = "<no Python frame>"
+"""The location of memory memray saw allocated with no Python stack: a native thread (Go's),
+or a coroutine chain resumed by an exception (see :func:`_python_frames_of_hybrid`)."""
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChannelResult:
+    """The trend of one channel over the measured cycles (slopes are in units per cycle)."""
+
+    name: str
+    unit: str
+    slope_per_cycle: float
+    """Theil-Sen slope over all measured samples."""
+    slope_low: float
+    slope_high: float
+    """Confidence interval of the slope, at ``confidence``."""
+    growth: float
+    """End level minus start level over the measured cycles (medians of the first/last tenth)."""
+    late_slope_per_cycle: float
+    """Theil-Sen slope over the second half of the measured samples."""
+    late_growth: float
+    p_value: float
+    """Mann-Kendall (Kendall's tau, one-sided "increasing") p-value, all measured samples."""
+    late_p_value: float
+    threshold: float
+    min_growth: float
+    confidence: float
+    leaking: bool
+    reason: str
+    samples: int
+    start: float
+    end: float
+
+    @property
+    def kind(self) -> str:
+        """``leak``, ``plateau`` (grew, then stopped), ``flat`` or ``few-samples``."""
+        if self.leaking:
+            return "leak"
+        if self.samples < MIN_SAMPLES:
+            return "few-samples"
+        if self.slope_low > self.threshold:
+            return "plateau"
+        return "flat"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChannelResult:
+        names = cls.__dataclass_fields__
+        return cls(**{k: _num(v) for k, v in d.items() if k in names})
+
+
+@dataclass
+class LeakSite:
+    """Memory allocated during the measured cycles and still live when they ended."""
+
+    location: str
+    """``file:line`` of the first frame in user code (or the best frame there is)."""
+    function: str
+    size: int
+    """Bytes still live."""
+    count: int
+    """Allocations still live."""
+    stack: list[str] = field(default_factory=list)
+    """Frames, innermost first, as ``file:line in function`` (harness internals left out)."""
+
+    def mentions(self, filename: str, line: int) -> bool:
+        """True when this site's location or stack is at ``filename:line``."""
+        suffix = f"{Path(filename).name}:{line}"
+        needle = f"{os.path.normpath(filename)}:{line}"
+        frames = [self.location, *(s.split(" in ", 1)[0] for s in self.stack)]
+        return any(f in (needle, suffix) or f.endswith("/" + suffix) for f in frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LeakSite:
+        return cls(
+            location=str(d["location"]),
+            function=str(d.get("function", "")),
+            size=int(d["size"]),
+            count=int(d["count"]),
+            stack=[str(s) for s in d.get("stack", [])],
+        )
+
+
+@dataclass
+class TypeGrowth:
+    """Instances of one type, at the start and the end of the measured cycles (like objgraph)."""
+
+    type: str
+    start: int
+    end: int
+
+    @property
+    def delta(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class Timeline:
+    """Samples of one channel: ``cycles`` completed when each ``value`` was read."""
+
+    cycles: list[float]
+    values: list[float]
+
+
+@dataclass
+class Verdict:
+    """What a soak found. ``bounded`` is False when any channel leaks."""
+
+    bounded: bool
+    cycles: int
+    """All cycles run, warm-up included."""
+    warmup: int
+    channels: dict[str, ChannelResult]
+    leak_sites: list[LeakSite]
+    scenario: str = "cycle"
+    confidence: float = 0.99
+    tracked: bool = False
+    """True when the measured cycles ran under memray."""
+    seconds: float = 0.0
+    warmup_cycles_per_second: float = 0.0
+    measured_cycles_per_second: float = 0.0
+    sample_every: int = 1
+    gc_growth: list[TypeGrowth] = field(default_factory=list)
+    timeline: dict[str, Timeline] = field(default_factory=dict)
+    leaked_bytes: int = 0
+    """Bytes memray saw still live after the measured cycles, all sites."""
+    leaked_allocations: int = 0
+    expect_leak: list[str] = field(default_factory=list)
+    """Channels the scenario is known to leak on (a documented upstream leak, a mutant)."""
+    notes: list[str] = field(default_factory=list)
+    report_dir: str | None = None
+    capture: str | None = None
+
+    # -- derived ---------------------------------------------------------------------------
+
+    @property
+    def measured(self) -> int:
+        return self.cycles - self.warmup
+
+    @property
+    def leaking_channels(self) -> list[str]:
+        return [name for name, ch in self.channels.items() if ch.leaking]
+
+    @property
+    def as_expected(self) -> bool:
+        """Clean scenarios: bounded. Known leaks: every expected channel detected."""
+        if not self.expect_leak:
+            return self.bounded
+        return set(self.expect_leak) <= set(self.leaking_channels)
+
+    def summary(self, sites: int = 5) -> str:
+        """A short human summary: the verdict, the channels, the top leak sites, the report."""
+        leaking = self.leaking_channels
+        head = "BOUNDED" if self.bounded else f"LEAK in {', '.join(leaking)}"
+        if self.expect_leak and not self.bounded and self.as_expected:
+            head += " (expected: " + ", ".join(self.expect_leak) + ")"
+        elif self.expect_leak and not self.as_expected:
+            head += " (expected a leak in " + ", ".join(self.expect_leak) + ": NOT detected)"
+        mode = "under memray" if self.tracked else "untracked"
+        lines = [
+            f"{self.scenario}: {head} after {self.cycles} cycles "
+            f"({self.warmup} warm-up, {self.measured} measured {mode}, "
+            f"{self.measured_cycles_per_second:,.0f} cycles/s)"
+        ]
+        width = max((len(n) for n in self.channels), default=8)
+        pct = f"{self.confidence:.0%}"
+        for name, ch in self.channels.items():
+            slope = format_quantity(ch.slope_per_cycle, ch.unit, signed=True)
+            lo = format_quantity(ch.slope_low, ch.unit, signed=True, bare=True)
+            hi = format_quantity(ch.slope_high, ch.unit, signed=True, bare=True)
+            growth = format_quantity(ch.growth, ch.unit, signed=True)
+            mark = "LEAK" if ch.leaking else ch.kind
+            lines.append(
+                f"  {name:<{width}}  {slope:>14}/cycle  {pct} CI [{lo}, {hi}]  "
+                f"growth {growth:>12}  {mark}"
+            )
+        if not self.bounded:
+            for name in leaking:
+                lines.append(f"  {name}: {self.channels[name].reason}")
+            if self.leak_sites:
+                lines.append("  still live after the measured cycles (memray):")
+                for site in self.leak_sites[:sites]:
+                    lines.append(
+                        f"    {format_quantity(site.size, 'bytes'):>10} in {site.count:>7,} "
+                        f"allocations  {site.location} in {site.function}"
+                    )
+            grown = [g for g in self.gc_growth if g.delta > 0][:3]
+            if grown:
+                text = ", ".join(f"{g.type} +{g.delta:,}" for g in grown)
+                lines.append(f"  types that grew: {text}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        if self.report_dir:
+            lines.append(f"  report: {Path(self.report_dir) / 'report.html'}")
+        return "\n".join(lines)
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the CONTRACT fields (bounded, cycles, warmup, channels, leak_sites)..."""
+        return {
+            "bounded": self.bounded,
+            "cycles": self.cycles,
+            "warmup": self.warmup,
+            "measured": self.measured,
+            "scenario": self.scenario,
+            "leaking_channels": self.leaking_channels,
+            "expect_leak": list(self.expect_leak),
+            "as_expected": self.as_expected,
+            "channels": {n: c.to_dict() for n, c in self.channels.items()},
+            "leak_sites": [s.to_dict() for s in self.leak_sites],
+            "leaked_bytes": self.leaked_bytes,
+            "leaked_allocations": self.leaked_allocations,
+            "confidence": self.confidence,
+            "tracked": self.tracked,
+            "seconds": self.seconds,
+            "warmup_cycles_per_second": self.warmup_cycles_per_second,
+            "measured_cycles_per_second": self.measured_cycles_per_second,
+            "sample_every": self.sample_every,
+            "gc_growth": [
+                {"type": g.type, "start": g.start, "end": g.end, "delta": g.delta}
+                for g in self.gc_growth
+            ],
+            "notes": list(self.notes),
+            "report_dir": self.report_dir,
+            "capture": self.capture,
+            "timeline": {
+                n: {"cycles": t.cycles, "values": t.values} for n, t in self.timeline.items()
+            },
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        try:
+            return cls(
+                bounded=bool(d["bounded"]),
+                cycles=int(d["cycles"]),
+                warmup=int(d["warmup"]),
+                channels={
+                    str(n): ChannelResult.from_dict(c) for n, c in dict(d["channels"]).items()
+                },
+                leak_sites=[LeakSite.from_dict(s) for s in d.get("leak_sites", [])],
+                scenario=str(d.get("scenario", "cycle")),
+                confidence=float(d.get("confidence", 0.99)),
+                tracked=bool(d.get("tracked", False)),
+                seconds=float(d.get("seconds", 0.0)),
+                warmup_cycles_per_second=float(d.get("warmup_cycles_per_second", 0.0)),
+                measured_cycles_per_second=float(d.get("measured_cycles_per_second", 0.0)),
+                sample_every=int(d.get("sample_every", 1)),
+                gc_growth=[
+                    TypeGrowth(str(g["type"]), int(g["start"]), int(g["end"]))
+                    for g in d.get("gc_growth", [])
+                ],
+                timeline={
+                    str(n): Timeline(
+                        [float(x) for x in t["cycles"]], [float(v) for v in t["values"]]
+                    )
+                    for n, t in dict(d.get("timeline", {})).items()
+                },
+                leaked_bytes=int(d.get("leaked_bytes", 0)),
+                leaked_allocations=int(d.get("leaked_allocations", 0)),
+                expect_leak=[str(c) for c in d.get("expect_leak", [])],
+                notes=[str(n) for n in d.get("notes", [])],
+                report_dir=d.get("report_dir"),
+                capture=d.get("capture"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a soak verdict: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Verdict:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _num(v: Any) -> Any:
+    return float(v) if isinstance(v, np.floating) else v
+
+
+# -- the trend test --------------------------------------------------------------------------------
+
+MIN_SAMPLES = 12
+
+
+def analyze_channel(
+    name: str,
+    unit: str,
+    cycles: Sequence[float] | npt.NDArray[np.float64],
+    values: Sequence[float] | npt.NDArray[np.float64],
+    *,
+    threshold: float,
+    min_growth: float = 0.0,
+    confidence: float = 0.99,
+) -> ChannelResult:
+    """Decide whether one channel leaks; see the module docstring for the rule."""
+    x = np.asarray(cycles, dtype=np.float64)
+    y = np.asarray(values, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError("cycles and values differ in length")
+    if not 0.5 < confidence < 1:
+        raise ValueError("confidence must be within (0.5, 1)")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = _thin(x[ok], y[ok], MAX_POINTS)
+    n = int(x.shape[0])
+    if n < MIN_SAMPLES or float(np.ptp(x)) == 0.0:
+        start = float(y[0]) if n else 0.0
+        end = float(y[-1]) if n else 0.0
+        return ChannelResult(
+            name, unit, 0.0, 0.0, 0.0, end - start, 0.0, 0.0, 1.0, 1.0, threshold,
+            min_growth, confidence, False,
+            f"only {n} samples: too few to tell (run more cycles)", n, start, end,
+        )  # fmt: skip
+
+    slope, lo, hi = _theil_sen(x, y, confidence)
+    p = _mann_kendall(x, y)
+    mid = x[0] + (x[-1] - x[0]) / 2
+    late = x >= mid
+    xl, yl = x[late], y[late]
+    late_slope, _, _ = _theil_sen(xl, yl, confidence) if xl.shape[0] >= 4 else (0.0, 0.0, 0.0)
+    late_p = _mann_kendall(xl, yl) if xl.shape[0] >= 4 else 1.0
+    growth = _level_change(y)
+    late_growth = _level_change(yl)
+    alpha = 1.0 - confidence
+
+    per = f"{unit}/cycle" if unit else "/cycle"
+    thr = f"{_g(threshold)} {per}"
+    if lo <= threshold:
+        leaking = False
+        if slope > threshold:
+            reason = (
+                f"slope {_g(slope)} {per} but its {confidence:.0%} lower bound {_g(lo)} "
+                f"is not above {thr}"
+            )
+        else:
+            reason = f"slope {_g(slope)} {per} is not above {thr}"
+    elif late_slope <= threshold or late_p >= alpha or late_growth <= min_growth:
+        leaking = False
+        reason = (
+            f"grew early (slope {_g(slope)} {per}) but stopped: the second half grows "
+            f"{_g(late_slope)} {per} (p={late_p:.2g}), {_g(late_growth)} {unit} in all; "
+            "a cache or pool that fills, not a leak"
+        )
+    else:
+        leaking = True
+        reason = (
+            f"grows {_g(slope)} {per} ({confidence:.0%} CI {_g(lo)}..{_g(hi)}, above {thr}), "
+            f"{_g(growth)} {unit} over the measured cycles, and still grows in their second "
+            f"half ({_g(late_slope)} {per}, Mann-Kendall p={late_p:.2g})"
+        )
+    return ChannelResult(
+        name=name,
+        unit=unit,
+        slope_per_cycle=slope,
+        slope_low=lo,
+        slope_high=hi,
+        growth=growth,
+        late_slope_per_cycle=late_slope,
+        late_growth=late_growth,
+        p_value=p,
+        late_p_value=late_p,
+        threshold=threshold,
+        min_growth=min_growth,
+        confidence=confidence,
+        leaking=leaking,
+        reason=reason,
+        samples=n,
+        start=float(y[0]),
+        end=float(y[-1]),
+    )
+
+
+def _thin(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], limit: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    if x.shape[0] <= limit:
+        return x, y
+    idx = np.unique(np.linspace(0, x.shape[0] - 1, limit).round().astype(np.int64))
+    return x[idx], y[idx]
+
+
+def _theil_sen(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], confidence: float
+) -> tuple[float, float, float]:
+    from scipy import stats
+
+    if float(np.ptp(y)) == 0.0:
+        return 0.0, 0.0, 0.0
+    res = stats.theilslopes(y, x, alpha=confidence)
+    return float(res.slope), float(res.low_slope), float(res.high_slope)
+
+
+def _mann_kendall(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> float:
+    from scipy import stats
+
+    if float(np.ptp(y)) == 0.0:
+        return 1.0
+    p = float(stats.kendalltau(x, y, alternative="greater").pvalue)
+    return p if math.isfinite(p) else 1.0
+
+
+def _level_change(y: npt.NDArray[np.float64]) -> float:
+    k = max(1, y.shape[0] // 10)
+    return float(np.median(y[-k:]) - np.median(y[:k]))
+
+
+def _g(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def format_quantity(value: float, unit: str, *, signed: bool = False, bare: bool = False) -> str:
+    """``183 KiB``, ``+1.00 blocks``... ``bare`` leaves the unit out (not for bytes)."""
+    sign = "+" if signed and value > 0 else ""
+    if unit == "bytes":
+        v = abs(value)
+        for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if v >= scale:
+                text = f"{value / scale:.3g} {suffix}"
+                break
+        else:
+            text = f"{value:.3g} B" if abs(value) < 100 else f"{value:.0f} B"
+        return sign + text
+    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return sign + text if bare or not unit else f"{sign}{text} {unit}"
+
+
+# -- memray leak sites -----------------------------------------------------------------------------
+
+_HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
+_MACHINERY = {
+    os.path.join(_HARNESS_DIR, f"{m}.py")
+    for m in ("__init__", "__main__", "analysis", "cli", "plugin", "probes", "report", "runner")
+}
+_STDLIB_DIRS = tuple(
+    os.path.normpath(p) + os.sep
+    for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+)
+_SITE_DIRS = tuple(
+    os.path.normpath(p) + os.sep
+    for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+)
+_IGNORED_STDLIB = (
+    "asyncio",
+    "threading.py",
+    "concurrent",
+    "contextlib.py",
+    "selectors.py",
+    "runpy.py",
+)
+
+
+def _library_dirs() -> tuple[str, ...]:
+    """Directories of the libraries under test: ``waclient`` counts as library code."""
+    import importlib.util
+
+    dirs = []
+    spec = importlib.util.find_spec("waclient")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [os.path.normpath(p) + os.sep for p in spec.submodule_search_locations]
+    return tuple(dirs)
+
+
+def _is_machinery(filename: str) -> bool:
+    """Frames the harness itself, memray, or the event loop's plumbing put on the stack."""
+    f = os.path.normpath(filename)
+    if f in _MACHINERY or "/memray/" in f:
+        return True
+    if f.startswith(_STDLIB_DIRS):
+        rest = f.split(os.sep)[-2:]
+        return rest[0] in _IGNORED_STDLIB or rest[-1] in _IGNORED_STDLIB
+    return False
+
+
+def _is_library(filename: str, libraries: tuple[str, ...]) -> bool:
+    f = os.path.normpath(filename)
+    return (
+        f.startswith(_STDLIB_DIRS)
+        or f.startswith(_SITE_DIRS)
+        or f.startswith(libraries)
+        or "site-packages" in f
+        or f.startswith("<")
+    )
+
+
+def display_path(filename: str) -> str:
+    """A short path: relative to the current directory, or from ``site-packages/``."""
+    f = os.path.normpath(filename)
+    cwd = os.getcwd() + os.sep
+    if f.startswith(cwd):
+        return f[len(cwd) :]
+    marker = os.sep + "site-packages" + os.sep
+    if marker in f:
+        return f.split(marker, 1)[1]
+    for d in _STDLIB_DIRS:
+        if f.startswith(d):
+            return "<stdlib>/" + f[len(d) :]
+    return f
+
+
+def leak_sites_from_capture(
+    path: str | os.PathLike[str], top: int = TOP_SITES
+) -> tuple[list[LeakSite], int, int]:
+    """The largest sites still live at the end of a memray capture, grouped by location.
+
+    The location of a site is its first frame in user code: not the harness's own machinery,
+    memray, asyncio or threading plumbing, the standard library, installed packages, or
+    ``waclient`` (the library under test). When there is no such frame (memory the Go core
+    took on a neonize thread), the innermost remaining frame. Returns (sites, bytes, count).
+    """
+    import memray
+
+    libraries = _library_dirs()
+    grouped: dict[str, LeakSite] = {}
+    largest: dict[str, int] = {}
+    total_size = total_count = 0
+    reader = memray.FileReader(os.fspath(path))
+    hybrid = bool(reader.metadata.has_native_traces)
+    try:
+        for rec in reader.get_leaked_allocation_records(merge_threads=True):
+            size, count = int(rec.size), int(rec.n_allocations)
+            frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
+            if not frames and hybrid:
+                frames = _python_frames_of_hybrid(rec)
+            kept = [fr for fr in frames if not _is_machinery(fr[1])]
+            if frames and not kept:
+                continue  # the harness's own bookkeeping
+            total_size += size
+            total_count += count
+            if not kept:
+                location, function = NO_PYTHON_FRAME, "?"
+            else:
+                user = next((fr for fr in kept if not _is_library(fr[1], libraries)), kept[0])
+                location, function = f"{display_path(user[1])}:{user[2]}", user[0]
+            site = grouped.get(location)
+            if site is None:
+                site = grouped[location] = LeakSite(location, function, 0, 0)
+            site.size += size
+            site.count += count
+            if size > largest.get(location, -1):
+                largest[location] = size
+                site.stack = [f"{display_path(f)}:{ln} in {fn}" for fn, f, ln in kept[:12]]
+    finally:
+        reader.close()
+    sites = sorted(grouped.values(), key=lambda s: (-s.size, s.location))
+    return sites[:top], total_size, total_count
+
+
+def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
+    """Python frames from a record's native stack, when memray lost its Python stack.
+
+    memray's Python stack of a coroutine chain resumed by ``throw()`` (an exception or a
+    cancellation delivered into an awaiting coroutine) can come out empty (CPython gh-93592);
+    with native traces the interpreter's own frames are still in the native stack.
+    """
+    try:
+        hybrid = rec.hybrid_stack_trace()
+    except Exception:  # memray asserts on some native stacks
+        return []
+    return [(fn, file, int(line)) for fn, file, line in hybrid if str(file).endswith(".py")]
+
+
+def gc_type_counts() -> dict[str, int]:
+    """Live gc-tracked objects per type (``module.qualname``), frozen ones included."""
+    import gc
+
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        counts: dict[str, int] = {}
+        for obj in gc.get_objects():
+            t = type(obj)
+            key = f"{t.__module__}.{t.__qualname__}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+    finally:
+        if frozen:
+            gc.freeze()
+
+
+def type_growth(
+    start: Mapping[str, int], end: Mapping[str, int], top: int = 15
+) -> list[TypeGrowth]:
+    """The types whose instance count grew most (then those that shrank least)."""
+    rows = [TypeGrowth(t, start.get(t, 0), end.get(t, 0)) for t in set(start) | set(end)]
+    rows.sort(key=lambda r: (-r.delta, r.type))
+    return [r for r in rows if r.delta != 0][:top]

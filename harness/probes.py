@@ -1,0 +1,385 @@
+"""Channels sampled during a soak: what is measured, in which unit, and what counts as growth.
+
+A :class:`Probe` reads one number. The built-in channels are:
+
+==========  =====================================================  ===========  ====================
+channel     what it reads                                          unit         default threshold
+==========  =====================================================  ===========  ====================
+rss         resident set size (``/proc/self/statm``, else psutil)  bytes        1024 B/cycle
+py_blocks   live pymalloc blocks (``sys.getallocatedblocks()``)    blocks       0.5 blocks/cycle
+gc_objects  objects tracked by the collector                       objects      0.5 objects/cycle
+listeners   live handlers of the scenario's registries             handlers     any steady growth
+fds         open file descriptors (``/proc/self/fd``, else psutil)  fds          any steady growth
+threads     OS threads of the process (``/proc/self/stat``)        threads      any steady growth
+tasks       unfinished asyncio tasks of the soak's loop            tasks        any steady growth
+==========  =====================================================  ===========  ====================
+
+Thresholds are slopes in units per cycle; a channel leaks when its slope is confidently above
+the threshold over the measured cycles AND it still grows in their second half (see
+:mod:`harness.analysis`). "Any steady growth" is a threshold of 0 with ``min_growth=1``: the
+count must keep rising, so a pool that adds one thread once is not a leak. Why these numbers is
+in docs/harness.md.
+
+The :class:`Sampler` stores samples in arrays allocated before the measured phase, so sampling
+leaves nothing behind for memray to report, and decides how often to sample from what a cycle
+and each probe cost (see :meth:`Sampler.plan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "ListenerSource",
+    "Plan",
+    "Probe",
+    "Sampler",
+    "default_probes",
+    "fds_probe",
+    "gc_objects_probe",
+    "listeners_probe",
+    "py_blocks_probe",
+    "rss_probe",
+    "tasks_probe",
+    "threads_probe",
+]
+
+DEFAULT_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One channel: ``read()`` returns the current value.
+
+    ``threshold`` is the slope (units per cycle) above which growth counts as a leak;
+    ``min_growth`` is how much the channel must still rise over the second half of the measured
+    cycles (for counts: at least 1, so a single step is not a leak). ``read`` is called on the
+    soak's thread (the event loop's thread for async runs) between cycles.
+    """
+
+    name: str
+    read: Callable[[], float]
+    unit: str = ""
+    threshold: float = 0.0
+    min_growth: float = 0.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"probe name {self.name!r}: use letters, digits, '_' and '-'")
+        if not callable(self.read):
+            raise TypeError(f"probe {self.name!r}: read must be callable")
+
+
+# -- built-in probes -------------------------------------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_probe(threshold: float = 1024.0) -> Probe:
+    """Resident set size in bytes: the memory the machine actually gives the process."""
+    read: Callable[[], float]
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:
+        import psutil
+
+        proc = psutil.Process()
+
+        def read() -> float:
+            return float(proc.memory_info().rss)
+
+    else:
+
+        def read() -> float:
+            # statm is regenerated on every read from offset 0; the fd stays open for the run.
+            return float(int(os.pread(fd, 128, 0).split()[1]) * _PAGE)
+
+    return Probe("rss", read, "bytes", threshold, 0.0, "resident set size")
+
+
+def py_blocks_probe(threshold: float = 0.5) -> Probe:
+    """Live pymalloc blocks: every small Python object, as CPython's refleak hunter counts."""
+
+    def read() -> float:
+        return float(sys.getallocatedblocks())
+
+    return Probe("py_blocks", read, "blocks", threshold, 0.0, "sys.getallocatedblocks()")
+
+
+def gc_objects_probe(threshold: float = 0.5) -> Probe:
+    """Objects tracked by the cyclic collector, frozen ones included."""
+
+    def read() -> float:
+        return float(len(gc.get_objects()) + gc.get_freeze_count())
+
+    return Probe("gc_objects", read, "objects", threshold, 0.0, "gc-tracked objects")
+
+
+@runtime_checkable
+class _Counts(Protocol):
+    def count(self) -> int: ...
+
+
+@runtime_checkable
+class _Listeners(Protocol):
+    def listener_count(self) -> int: ...
+
+
+ListenerSource = Any
+"""A ``HandlerRegistry`` (``.count()``), a ``Client`` (``.listener_count()``) or a callable."""
+
+
+def _listener_reader(source: ListenerSource) -> Callable[[], int]:
+    if isinstance(source, _Listeners):
+        return source.listener_count
+    if isinstance(source, _Counts):
+        return source.count
+    if callable(source):
+        return source  # type: ignore[no-any-return]
+    raise TypeError(
+        f"cannot count listeners of {source!r}: give a HandlerRegistry, a Client or a callable"
+    )
+
+
+def listeners_probe(sources: Iterable[ListenerSource] = ()) -> Probe:
+    """Live handlers summed over the registries a scenario exposes (0 when it exposes none)."""
+    readers = tuple(_listener_reader(s) for s in sources)
+
+    def read() -> float:
+        return float(sum(r() for r in readers))
+
+    return Probe("listeners", read, "handlers", 0.0, 1.0, "live handlers in the registries")
+
+
+def fds_probe() -> Probe:
+    """Open file descriptors."""
+    read: Callable[[], float]
+    if os.path.isdir("/proc/self/fd"):
+
+        def read() -> float:
+            return float(len(os.listdir("/proc/self/fd")))
+
+    else:
+        import psutil
+
+        proc = psutil.Process()
+
+        def read() -> float:
+            return float(proc.num_fds())
+
+    return Probe("fds", read, "fds", 0.0, 1.0, "open file descriptors")
+
+
+def threads_probe() -> Probe:
+    """OS threads of the process: Python threads and native ones (Go's, memray's)."""
+    read: Callable[[], float]
+    try:
+        fd = os.open("/proc/self/stat", os.O_RDONLY)
+    except OSError:
+
+        def read() -> float:
+            return float(threading.active_count())
+
+    else:
+
+        def read() -> float:
+            raw = os.pread(fd, 1024, 0)
+            # Field 20 (num_threads), counted after the ")" that ends the command name.
+            return float(raw[raw.rindex(b")") + 2 :].split()[17])
+
+    return Probe("threads", read, "threads", 0.0, 1.0, "OS threads")
+
+
+def tasks_probe() -> Probe:
+    """Unfinished asyncio tasks of the running loop (0 for runs without a loop)."""
+
+    def read() -> float:
+        try:
+            return float(len(asyncio.all_tasks()))
+        except RuntimeError:  # no running loop: a sync run
+            return 0.0
+
+    return Probe("tasks", read, "tasks", 0.0, 1.0, "unfinished asyncio tasks")
+
+
+def default_probes(
+    registries: Iterable[ListenerSource] = (), thresholds: dict[str, float] | None = None
+) -> list[Probe]:
+    """The seven built-in channels, with ``thresholds`` (units per cycle) overriding defaults."""
+    probes = [
+        rss_probe(),
+        py_blocks_probe(),
+        gc_objects_probe(),
+        listeners_probe(registries),
+        fds_probe(),
+        threads_probe(),
+        tasks_probe(),
+    ]
+    return apply_thresholds(probes, thresholds or {})
+
+
+def apply_thresholds(probes: Sequence[Probe], thresholds: dict[str, float]) -> list[Probe]:
+    """Probes with their ``threshold`` replaced where ``thresholds`` names them."""
+    names = {p.name for p in probes}
+    unknown = sorted(set(thresholds) - names)
+    if unknown:
+        raise ValueError(
+            f"thresholds for unknown channel(s) {', '.join(unknown)}; "
+            f"channels: {', '.join(sorted(names))}"
+        )
+    out = []
+    for p in probes:
+        if p.name in thresholds:
+            value = float(thresholds[p.name])
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"threshold for {p.name} must be a finite number >= 0")
+            p = Probe(p.name, p.read, p.unit, value, p.min_growth, p.description)
+        out.append(p)
+    return out
+
+
+# -- sampling --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """How often to sample during the measured phase."""
+
+    every: int
+    """Sample the cheap channels after every ``every``-th cycle."""
+    multiples: dict[str, int] = field(default_factory=dict)
+    """Per channel: sample on every n-th sampling point only (expensive probes)."""
+    cycle_seconds: float = 0.0
+    sample_seconds: float = 0.0
+
+
+class _Channel:
+    __slots__ = ("n", "probe", "step", "xs", "ys")
+
+    def __init__(self, probe: Probe, capacity: int, step: int) -> None:
+        self.probe = probe
+        self.step = step
+        self.xs: npt.NDArray[np.float64] = np.zeros(capacity)
+        self.ys: npt.NDArray[np.float64] = np.zeros(capacity)
+        self.n = 0
+
+
+class Sampler:
+    """Samples probes into arrays preallocated for a phase; nothing is allocated per sample.
+
+    ``collect``: run ``gc.collect()`` before each sample, as CPython's refleak hunter does, so
+    garbage waiting for the collector does not look like growth. The soak freezes everything
+    that existed before each phase (``gc.freeze()``), which keeps each collection cheap.
+    """
+
+    BUDGET = 0.05
+    """Sampling may take this share of the measured run (more only to reach MIN_SAMPLES)."""
+    MIN_SAMPLES = 200
+    MAX_SAMPLES = 2000
+    MIN_SAMPLES_EXPENSIVE = 40
+
+    def __init__(self, probes: Sequence[Probe], *, collect: bool = True) -> None:
+        names = [p.name for p in probes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate probe name(s): {', '.join(dupes)}")
+        self.probes = list(probes)
+        self.collect = collect
+        self._channels: list[_Channel] = []
+        self._calls = 0
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def probe_costs(self, repeat: int = 3) -> dict[str, float]:
+        """Seconds per read of each probe (the fastest of ``repeat``), plus ``"collect"``."""
+        costs: dict[str, float] = {}
+        if self.collect:
+            costs["collect"] = _fastest(gc.collect, repeat)
+        for p in self.probes:
+            costs[p.name] = _fastest(p.read, repeat)
+        return costs
+
+    def plan(self, measured: int, cycle_seconds: float, every: int | None = None) -> Plan:
+        """Choose the sampling interval for ``measured`` cycles of ``cycle_seconds`` each.
+
+        Cheap probes: sampling takes at most ``BUDGET`` of the run, but never fewer than
+        ``MIN_SAMPLES`` samples nor more than ``MAX_SAMPLES``. A probe that costs more than the
+        budget allows at that interval (``gc_objects`` on a big heap, a slow user probe) is read
+        on every n-th sampling point only, keeping at least ``MIN_SAMPLES_EXPENSIVE`` samples.
+        """
+        costs = self.probe_costs()
+        budget = max(cycle_seconds, 1e-7) * self.BUDGET
+        cheap = costs.get("collect", 0.0)
+        per_probe = {p.name: costs[p.name] for p in self.probes}
+        # A probe is "cheap" when it costs no more than the collection plus 50 us.
+        limit = cheap + 50e-6
+        cheap += sum(c for c in per_probe.values() if c <= limit)
+        lo = max(1, math.ceil(measured / self.MAX_SAMPLES))
+        hi = max(lo, measured // self.MIN_SAMPLES)
+        if every is None:
+            every = min(hi, max(lo, math.ceil(cheap / budget)))
+        multiples: dict[str, int] = {}
+        points = max(1, measured // every)
+        for name, cost in per_probe.items():
+            if cost <= limit:
+                continue
+            m = math.ceil(cost / (budget * every))
+            m = min(m, max(1, points // self.MIN_SAMPLES_EXPENSIVE))
+            if m > 1:
+                multiples[name] = m
+        return Plan(every, multiples, cycle_seconds, cheap)
+
+    def prepare(self, points: int, multiples: dict[str, int] | None = None) -> None:
+        """Allocate room for ``points`` sampling points (call before tracking starts)."""
+        multiples = multiples or {}
+        self._channels = [
+            _Channel(p, points // multiples.get(p.name, 1) + 2, multiples.get(p.name, 1))
+            for p in self.probes
+        ]
+        self._calls = 0
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def sample(self, x: float) -> None:
+        """Read every due probe now; ``x`` is the number of cycles completed."""
+        if self.collect:
+            gc.collect()
+        calls = self._calls
+        for ch in self._channels:
+            if calls % ch.step == 0 and ch.n < ch.xs.shape[0]:
+                n = ch.n
+                ch.xs[n] = x
+                ch.ys[n] = ch.probe.read()
+                ch.n = n + 1
+        self._calls = calls + 1
+
+    def series(self) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+        """The samples of the prepared phase, per channel, as (cycles, values)."""
+        return {
+            ch.probe.name: (ch.xs[: ch.n].copy(), ch.ys[: ch.n].copy()) for ch in self._channels
+        }
+
+
+def _fastest(fn: Callable[[], object], repeat: int) -> float:
+    best = math.inf
+    for _ in range(max(1, repeat)):
+        t = time.perf_counter()
+        with contextlib.suppress(Exception):
+            fn()
+        best = min(best, time.perf_counter() - t)
+    return best

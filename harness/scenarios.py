@@ -1,0 +1,249 @@
+"""Built-in soak scenarios, and how a ``--scenario`` argument is resolved.
+
+Each scenario is a :class:`~harness.runner.Scenario`: a generator function that sets state up,
+yields a :class:`~harness.runner.Workload` (the cycle and the registries whose listeners to
+count), and tears the state down after the ``yield``. ``python -m harness scenarios`` lists
+them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a mutant).
+
+- ``reconnect``: a Client on a SimulatedTransport; each cycle is one connection: Connected,
+  20 messages through neonize's own ctypes callback and protobuf decoding, Disconnected, and
+  the supervisor's next attempt. 2 handlers for the client's life, 5 per connection.
+- ``burst``: one connection; every 50th cycle a burst of 400 messages is buffered with a 2 MiB
+  scratch buffer and released 10 cycles later; other cycles go through a bounded window.
+- ``neonize-storm-raw``: the real neonize Go client failing to connect through a loopback
+  SOCKS5 server that refuses (``harness.faults.Socks5Refuser``), in this process. KNOWN
+  UPSTREAM LEAK: about 180 KB of RSS and one file descriptor per failed connect.
+- ``neonize-storm-isolated``: the same storm through ``IsolatedTransport`` (neonize in a worker
+  process, recycled on a memory budget): the parent stays bounded.
+- ``redis-outage``: a Client with the inbound recorder on a real redis-server that is killed
+  and restarted every 100 cycles; records go to the bounded buffer and the spool, then drain.
+- ``scheduler-churn``: scheduled messages created, fired through the Client and cancelled, on
+  a real redis-server.
+- ``mutant-*``: :mod:`harness.mutants`, the incident's bugs; each must be reported leaking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+from harness.runner import Scenario, UsageError, Workload, as_scenario, scenario
+
+if TYPE_CHECKING:
+    from harness.simulate import SimulatedTransport
+    from waclient import Client
+
+__all__ = ["builtin_scenarios", "client_rig", "reconnect_cycle", "resolve"]
+
+
+# -- shared rigs -----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def client_rig(
+    *, max_listeners: int | None = 100, name: str = "soak"
+) -> AsyncIterator[tuple[Client, SimulatedTransport, int]]:
+    """A started Client on a SimulatedTransport with zero backoff; yields (client, sim, n).
+
+    ``n`` is the number of the first session, already live (Connected is on its way).
+    """
+    from harness.simulate import SimulatedTransport
+    from waclient import Backoff, Client
+
+    sim = SimulatedTransport(auto_connect=True, name=name)
+    client = Client(
+        sim,
+        backoff=Backoff(0, 0, jitter=0),
+        max_failures=1_000_000,
+        max_listeners=max_listeners,
+    )
+    async with client:
+        first = await sim.wait_session()
+        yield client, sim, first.number
+
+
+def reconnect_cycle(client: Client, sim: SimulatedTransport, first: int, messages: int = 20) -> Any:
+    """A cycle: wait for the next session, ``messages`` messages, Disconnected, all dispatched."""
+    from harness.simulate import message_event
+
+    chats = [f"1555000{n:04d}@s.whatsapp.net" for n in range(8)]
+
+    async def cycle(i: int) -> None:
+        await sim.wait_session(first + i, timeout=10.0)
+        await sim.emit(
+            *(
+                message_event(chats[(i + j) % 8], f"cycle {i} message {j}", id=f"C{i:08d}M{j:03d}")
+                for j in range(messages)
+            )
+        )
+        await sim.disconnect()
+        await client.idle()
+
+    return cycle
+
+
+# -- clean scenarios -------------------------------------------------------------------------------
+
+
+@scenario("reconnect", cycles=2000, suite_cycles=2000, long_cycles=20_000, timeout=600)
+async def reconnect() -> AsyncIterator[Workload]:
+    """Client + SimulatedTransport: connect, 20 messages, disconnect; 2+5 handlers."""
+    from waclient.events import ConnectedEv, DisconnectedEv, MessageEv, ReceiptEv
+
+    async with client_rig(name="soak-reconnect") as (client, sim, first):
+        seen = {"messages": 0, "connections": 0, "per_connection": 0}
+        last_by_chat: dict[str, str] = {}  # bounded by the 8 chats
+
+        def count(ev: Any) -> None:
+            seen["messages"] += 1
+
+        def on_message(ev: Any) -> None:
+            last_by_chat[ev.Info.MessageSource.Chat.User] = ev.Message.conversation
+
+        def per_connection(ev: Any) -> None:
+            seen["per_connection"] += 1
+
+        def on_connected(ev: Any) -> None:
+            seen["connections"] += 1
+            scope = client.connection
+            scope.on(MessageEv, on_message)
+            scope.on(MessageEv, per_connection)
+            scope.on(ReceiptEv, per_connection)
+            scope.on(DisconnectedEv, per_connection)
+            scope.on(ConnectedEv, per_connection)
+
+        client.on(MessageEv, count)
+        client.on(ConnectedEv, on_connected)
+        one_connection = reconnect_cycle(client, sim, first)
+        done = [0]
+
+        async def cycle(i: int) -> None:
+            await one_connection(i)
+            done[0] += 1
+
+        yield Workload(cycle, registries=[client.registry])
+        if seen["messages"] != 20 * done[0]:
+            raise RuntimeError(f"{20 * done[0]} messages sent, {seen['messages']} handled")
+
+
+@scenario("burst", cycles=2000, suite_cycles=2000, long_cycles=10_000, timeout=600)
+async def burst() -> AsyncIterator[Workload]:
+    """Event bursts every 50 cycles, held for 10 cycles, then freed; a bounded window otherwise."""
+    from harness.simulate import message_event
+    from waclient.events import MessageEv
+
+    async with client_rig(name="soak-burst") as (client, sim, _first):
+        window: deque[Any] = deque(maxlen=200)
+        held: list[Any] = []
+        scratch: list[bytearray] = []
+        state = {"bursting": False, "release_at": -1}
+
+        def on_message(ev: Any) -> None:
+            (held if state["bursting"] else window).append(ev)
+
+        client.on(MessageEv, on_message)
+        await client.idle()
+
+        async def cycle(i: int) -> None:
+            if i % 50 == 0:
+                state["bursting"] = True
+                scratch.append(bytearray(2 * 1024 * 1024))
+                await sim.emit(*(message_event(text=f"burst {i} #{j}") for j in range(400)))
+                await client.idle()
+                state["bursting"] = False
+                state["release_at"] = i + 10
+            else:
+                await sim.emit(message_event(text=f"cycle {i} a"), message_event(text=f"b {i}"))
+                await client.idle()
+            if i == state["release_at"]:
+                held.clear()
+                scratch.clear()
+
+        yield Workload(cycle, registries=[client.registry])
+
+
+# -- the raw neonize storm (known upstream leak) ---------------------------------------------------
+
+
+@scenario(
+    "neonize-storm-raw",
+    cycles=400,
+    warmup=40,
+    suite_cycles=300,
+    long_cycles=1500,
+    expect_leak=("rss", "fds"),
+    timeout=300,
+    requires=("neonize",),
+)
+def neonize_storm_raw() -> Iterator[Workload]:
+    """Real neonize connects failing through a loopback SOCKS5 refuser (KNOWN UPSTREAM LEAK)."""
+    from neonize.client import NewClient, ProxySettings
+
+    from harness.faults import Socks5Refuser
+
+    with tempfile.TemporaryDirectory(prefix="soak-storm-") as tmp, Socks5Refuser() as refuser:
+        neonize_client = NewClient(os.path.join(tmp, "storm.db"), uuid="soak-storm")
+        proxy = ProxySettings(proxy_address=refuser.address)
+
+        def cycle(i: int) -> None:
+            try:
+                neonize_client.connect(proxy)
+            except Exception as exc:
+                if "dial" not in str(exc):
+                    raise
+                return
+            raise RuntimeError("connect through the refusing proxy succeeded")
+
+        yield Workload(cycle)
+
+
+# -- resolution ------------------------------------------------------------------------------------
+
+
+def builtin_scenarios() -> dict[str, Scenario]:
+    """Every built-in scenario by name, mutants included, in suite order."""
+    from harness import mutants
+
+    found: list[Scenario] = [reconnect, burst]
+    found += [s for s in _optional() if s is not None]
+    found.append(neonize_storm_raw)
+    found += mutants.MUTANTS
+    return {s.name: s for s in found}
+
+
+def _optional() -> list[Scenario | None]:
+    return [globals().get(n) for n in ("redis_outage", "scheduler_churn", "neonize_storm_isolated")]
+
+
+def resolve(spec: str) -> Scenario:
+    """A built-in scenario name, or ``MODULE:FUNC`` (imported with the current directory on
+    ``sys.path``): a Scenario, a generator function yielding a Workload, or a cycle."""
+    spec = spec.strip()
+    builtins = builtin_scenarios()
+    if spec in builtins:
+        return builtins[spec]
+    if ":" not in spec:
+        raise UsageError(
+            f"unknown scenario {spec!r}: use one of {', '.join(builtins)} or MODULE:FUNC"
+        )
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"bad scenario {spec!r}: expected MODULE:FUNC")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} for scenario {spec!r}: {exc}") from exc
+    except Exception as exc:
+        raise UsageError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(f"{module_name!r} has no attribute {attr!r}") from None
+    return as_scenario(target, name=spec)
