@@ -260,7 +260,8 @@ def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
 
 def _jid(address: str) -> Any:
     user, _, server = address.partition("@")
-    return pb.JID(User=user, Server=server or "s.whatsapp.net", RawAgent=0, Device=0, Integrator=0)
+    event: Event = pb.JID(User=user, Server=server or "s.whatsapp.net", RawAgent=0, Device=0, Integrator=0)
+    return event
 
 
 def message_event(
@@ -285,28 +286,35 @@ def message_event(
         Pushname="",
         Timestamp=timestamp if timestamp is not None else int(time.time()),
     )
-    return pb.Message(Info=info, Message=e2e.Message(conversation=text))
+    event: Event = pb.Message(Info=info, Message=e2e.Message(conversation=text))
+    return event
 
 
 def connected_event() -> Event:
-    return pb.Connected(status=True)
+    event: Event = pb.Connected(status=True)
+    return event
 
 
 def disconnected_event() -> Event:
-    return pb.Disconnected(status=True)
+    event: Event = pb.Disconnected(status=True)
+    return event
 
 
 def logged_out_event() -> Event:
-    return pb.LoggedOut(OnConnect=False)
+    event: Event = pb.LoggedOut(OnConnect=False)
+    return event
 
 
 def stream_replaced_event() -> Event:
-    return pb.StreamReplaced()
+    event: Event = pb.StreamReplaced()
+    return event
 
 
 def temporary_ban_event() -> Event:
-    return pb.TemporaryBan(Expire=3600)
+    event: Event = pb.TemporaryBan(Expire=3600)
+    return event
 
 
 def client_outdated_event() -> Event:
-    return pb.ClientOutdated()
+    event: Event = pb.ClientOutdated()
+    return event
