@@ -260,8 +260,7 @@ def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
 
 def _jid(address: str) -> Any:
     user, _, server = address.partition("@")
-    event: Event = pb.JID(User=user, Server=server or "s.whatsapp.net", RawAgent=0, Device=0, Integrator=0)
-    return event
+    return pb.JID(User=user, Server=server or "s.whatsapp.net", RawAgent=0, Device=0, Integrator=0)
 
 
 def message_event(
