@@ -406,8 +406,11 @@ class _Run:
         registries = [*self.o.registries, *workload.registries]
         base = default_probes(registries)
         extra = [*self.o.probes, *workload.probes]
-        probes = apply_thresholds([*base, *extra], self.o.thresholds)
-        self.sampler = Sampler(probes, collect=self.o.collect)
+        try:
+            probes = apply_thresholds([*base, *extra], self.o.thresholds)
+            self.sampler = Sampler(probes, collect=self.o.collect)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if self.o.collect:
             gc.collect()
             gc.freeze()

@@ -1,0 +1,186 @@
+"""The per-channel decision on synthetic series: leaks, plateaus, bursts, steps, noise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.analysis import (
+    ChannelResult,
+    LeakSite,
+    Timeline,
+    TypeGrowth,
+    Verdict,
+    analyze_channel,
+    format_quantity,
+    type_growth,
+)
+
+X = np.arange(200.0, 2001.0)
+
+
+def judge(y: np.ndarray, threshold: float = 0.5, min_growth: float = 0.0) -> ChannelResult:
+    return analyze_channel("py_blocks", "blocks", X, y, threshold=threshold, min_growth=min_growth)
+
+
+def noise(seed: int, scale: float = 20.0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, scale, X.shape)
+
+
+def test_one_block_per_cycle_leaks() -> None:
+    r = judge(100_000 + X + noise(1))
+    assert r.leaking and r.kind == "leak"
+    assert r.slope_low > 0.5 and abs(r.slope_per_cycle - 1.0) < 0.05
+    assert r.late_slope_per_cycle > 0.5 and r.late_p_value < 0.01
+    assert 1500 < r.growth < 2100
+    assert "grows" in r.reason
+
+
+def test_a_cache_that_fills_then_stops_is_a_plateau_not_a_leak() -> None:
+    x = np.arange(300.0, 3001.0)  # 3,000 cycles, 300 of warm-up
+    filled = np.minimum(x, 1500.0) * 2.0  # fills during the first 1,500, then flat
+    y = filled + np.random.default_rng(2).normal(0.0, 5.0, x.shape)
+    r = analyze_channel("py_blocks", "blocks", x, y, threshold=0.5)
+    assert not r.leaking
+    assert r.kind == "plateau"  # the whole run grows, its second half does not
+    assert r.slope_low > 0.5 and abs(r.late_slope_per_cycle) < 0.5
+    assert "stopped" in r.reason
+
+
+def test_a_slow_steady_leak_is_found_where_a_plateau_is_not() -> None:
+    slow = 0.8 * X + noise(3, 5.0)
+    assert judge(slow).leaking
+
+
+def test_a_cache_still_filling_in_the_second_half_needs_more_cycles() -> None:
+    # Documented limit: growth that goes on past the middle of the measured cycles counts.
+    filled = np.minimum(X, 1500.0) * 2.0
+    assert judge(filled + noise(2, 5.0)).leaking
+
+
+@pytest.mark.parametrize("period", [25, 50, 100])
+def test_periodic_bursts_that_are_freed_are_bounded(period: int) -> None:
+    burst = np.where((X % period) < period / 5, 5000.0, 0.0)
+    assert not judge(100_000 + burst + noise(period)).leaking
+
+
+@pytest.mark.parametrize("period", [40, 100, 150])
+def test_a_sawtooth_of_a_buffer_flushed_periodically_is_bounded(period: int) -> None:
+    saw = (X % period) * 10.0
+    assert not judge(100_000 + saw + noise(period, 3.0)).leaking
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_noise_alone_never_leaks(seed: int) -> None:
+    assert not judge(100_000 + noise(seed, 200.0)).leaking
+
+
+def test_a_count_that_steps_once_is_not_steady_growth() -> None:
+    threads = np.where(X < 1600, 9.0, 10.0)  # a pool that grew one thread, late in the run
+    r = analyze_channel("threads", "threads", X, threads, threshold=0.0, min_growth=1.0)
+    assert not r.leaking
+
+
+def test_a_count_that_keeps_rising_leaks_at_any_slope() -> None:
+    tasks = 3.0 + np.floor((X - 200) / 10)  # one task every 10 cycles
+    r = analyze_channel("tasks", "tasks", X, tasks, threshold=0.0, min_growth=1.0)
+    assert r.leaking and abs(r.slope_per_cycle - 0.1) < 0.01
+
+
+def test_a_constant_channel_is_flat() -> None:
+    r = judge(np.full(X.shape, 7.0))
+    assert not r.leaking and r.kind == "flat"
+    assert r.slope_per_cycle == 0.0 and r.p_value == 1.0
+
+
+def test_too_few_samples_do_not_decide() -> None:
+    r = analyze_channel("rss", "bytes", [1, 2, 3], [1, 2, 3], threshold=0.0)
+    assert not r.leaking and r.kind == "few-samples"
+
+
+def test_the_threshold_decides_how_much_growth_is_a_leak() -> None:
+    y = 100_000 + 2.0 * X + noise(5, 2.0)
+    assert judge(y, threshold=1.0).leaking
+    assert not judge(y, threshold=3.0).leaking
+
+
+def test_long_series_are_thinned_to_the_analysis_limit() -> None:
+    x = np.arange(0.0, 20_000.0)
+    r = analyze_channel("rss", "bytes", x, 4096.0 * x, threshold=1024.0)
+    assert r.leaking and r.samples <= 1500
+
+
+def test_mismatched_or_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError):
+        analyze_channel("rss", "bytes", [1, 2], [1], threshold=0.0)
+    with pytest.raises(ValueError):
+        analyze_channel("rss", "bytes", X, X, threshold=0.0, confidence=1.5)
+
+
+def _verdict() -> Verdict:
+    leak = judge(100_000 + X + noise(1))
+    flat = analyze_channel("rss", "bytes", X, np.full(X.shape, 9e7), threshold=1024.0)
+    return Verdict(
+        bounded=False,
+        cycles=2000,
+        warmup=200,
+        channels={"rss": flat, "py_blocks": leak},
+        leak_sites=[LeakSite("app.py:12", "cycle", 32_000, 1800, ["app.py:12 in cycle"])],
+        scenario="unit",
+        tracked=True,
+        gc_growth=[TypeGrowth("app.Thing", 10, 1810)],
+        timeline={"rss": Timeline([1.0, 2.0], [3.0, 4.0])},
+    )
+
+
+def test_verdict_json_round_trip_keeps_the_contract_fields() -> None:
+    v = _verdict()
+    d = json.loads(v.to_json())
+    for key in ("bounded", "cycles", "warmup", "channels", "leak_sites"):
+        assert key in d
+    for key in ("slope_per_cycle", "growth", "unit", "leaking"):
+        assert key in d["channels"]["py_blocks"]
+    assert d["channels"]["py_blocks"]["leaking"] is True and d["bounded"] is False
+    back = Verdict.from_dict(d)
+    assert back.leaking_channels == ["py_blocks"]
+    assert back.leak_sites[0].location == "app.py:12"
+    assert back.timeline["rss"].values == [3.0, 4.0]
+    assert back.to_dict() == v.to_dict()
+
+
+def test_summary_names_the_leak_its_rate_and_its_site() -> None:
+    text = _verdict().summary()
+    assert text.startswith("unit: LEAK in py_blocks after 2000 cycles")
+    assert "app.py:12 in cycle" in text and "app.Thing +1,800" in text
+
+
+def test_leak_site_matches_its_file_and_line() -> None:
+    site = LeakSite("harness/mutants.py:68", "f", 1, 1, ["x.py:1 in g"])
+    assert site.mentions("/work/main/harness/mutants.py", 68)
+    assert site.mentions("x.py", 1)
+    assert not site.mentions("harness/mutants.py", 69)
+
+
+def test_from_dict_refuses_what_is_not_a_verdict() -> None:
+    with pytest.raises(ValueError, match="not a soak verdict"):
+        Verdict.from_dict({"bounded": True})
+
+
+def test_type_growth_lists_the_types_that_grew_most() -> None:
+    rows = type_growth({"a": 1, "b": 5}, {"a": 101, "b": 5, "c": 7})
+    assert [(r.type, r.delta) for r in rows] == [("a", 100), ("c", 7)]
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        (180 * 1024, "bytes", "180 KiB"),
+        (1.0, "blocks", "1 blocks"),
+        (-3.0, "", "-3"),
+        (12, "bytes", "12 B"),
+    ],
+)
+def test_format_quantity(value: float, unit: str, text: str) -> None:
+    assert format_quantity(value, unit) == text
