@@ -1,0 +1,60 @@
+"""``python -m waclient.host``: serve the host with uvicorn on ``$PORT`` (default 8080).
+
+Exit status: 0 after a normal shutdown (SIGTERM, SIGINT), 2 for a bad configuration (one line
+on stderr says what to set), 3 when memory passed the hard limit and the host shut itself down
+so the platform restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["main"]
+
+
+def main() -> int:
+    from waclient.host.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"waclient.host: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from waclient.host.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server: uvicorn.Server | None = None
+
+    def shutdown() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, request_shutdown=shutdown)
+    config = uvicorn.Config(
+        app,
+        host=settings.bind,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # keep the logging set up above
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        limit_concurrency=256,
+        timeout_keep_alive=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    host = app.state.host
+    if host.exit_code:
+        return int(host.exit_code)
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

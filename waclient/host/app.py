@@ -1,0 +1,96 @@
+"""``create_app(settings)``: the FastAPI host. Its lifespan opens the client (and its
+transport), Redis, the recorders, the scheduler and the memory guard, and closes them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from waclient.transport import Transport
+
+from .config import Settings, load_settings
+from .errors import CatchAll, install_handlers
+from .limits import BodyLimit
+from .metrics import MetricsMiddleware
+from .routes import health, messages, scheduled, session
+from .runtime import Host
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("waclient.host")
+
+DESCRIPTION = """\
+A small HTTP host for one WhatsApp session (waclient on neonize).
+
+Send the API key (`WACLIENT_API_KEY`) in the `X-API-Key` header to every endpoint except
+`/health` and `/health/ready` (and `/metrics` when `WACLIENT_METRICS_PUBLIC=true`).
+Errors have the body `{"error": code, "message": text}`; a 500 carries an `error_id` to find the
+logged traceback.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transport: Transport | None = None,
+    request_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The host's app. ``settings`` default to the environment (:func:`load_settings`).
+
+    ``transport`` replaces the one ``WACLIENT_TRANSPORT`` names (tests, embedding);
+    ``request_shutdown`` is called when memory passes the hard limit (``python -m
+    waclient.host`` makes uvicorn exit; then the process exits with status 3).
+    """
+    settings = settings or load_settings()
+    host = Host(settings, transport=transport, request_shutdown=request_shutdown)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await host.start()
+        except BaseException:
+            await host.close()
+            raise
+        log.info("host ready on port %d", settings.port)
+        try:
+            yield
+        finally:
+            await host.close()
+            log.info("host closed")
+
+    app = FastAPI(
+        title="waclient host",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.host = host
+    app.state.settings = settings
+    install_handlers(app)
+    for r in (
+        health.router(settings),
+        messages.router(settings),
+        scheduled.router(settings),
+        session.router(settings),
+    ):
+        app.include_router(r)
+    # Added last = outermost: metrics see every answer, 413 included; CatchAll turns an
+    # escaped exception into a JSON 500 inside them.
+    app.add_middleware(CatchAll, on_error=host.metrics.errors.inc)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, on_refused=host.metrics.bodies_refused.inc
+    )
+    app.add_middleware(MetricsMiddleware, metrics=host.metrics)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("waclient")
+    except PackageNotFoundError:  # pragma: no cover
+        return "0"

@@ -1,0 +1,166 @@
+"""Request limits: a per-key token bucket with bounded memory, and a request body size limit."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimit", "RateLimiter"]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token buckets per key: ``rate`` tokens a second up to ``burst``.
+
+    At most ``max_keys`` buckets are kept; past that the least recently used bucket is dropped
+    (a dropped key starts again with a full bucket, which errs on the side of letting a rare
+    key through, never of growing without bound).
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("rate must be > 0, burst and max_keys >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self.limited = 0
+        """Requests refused."""
+        self.evicted = 0
+        """Buckets dropped to stay within max_keys."""
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def acquire(self, key: str, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens for ``key``: 0.0 if allowed, else the seconds until it would be."""
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(float(self.burst), now)
+            self._buckets[key] = bucket
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+                self.evicted += 1
+        else:
+            self._buckets.move_to_end(key)
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
+            return 0.0
+        self.limited += 1
+        return (cost - bucket.tokens) / self.rate
+
+    @staticmethod
+    def retry_after(wait: float) -> str:
+        """The Retry-After header value for ``wait`` seconds (whole seconds, at least 1)."""
+        return str(max(1, math.ceil(wait)))
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read. A body
+    without one (chunked, streamed) is read up to the limit, and refused as soon as it passes
+    it; what was read is then replayed to the app. So at most ``max_bytes`` of a body are ever
+    held in memory.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_refused: Callable[[], None] | None = None):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length: str | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                length = value.decode("latin-1")
+                break
+        if length is not None:
+            try:
+                declared = int(length)
+                if declared < 0:
+                    raise ValueError
+            except ValueError:
+                await _error(send, 400, "bad_request", "Content-Length is not a number")
+                return
+            if declared > self.max_bytes:
+                await self._refuse(send)
+                return
+        messages: list[Message] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                messages.append(message)  # http.disconnect
+                break
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                await self._refuse(send)
+                return
+            messages.append(message)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        replay += [m for m in messages if m["type"] != "http.request"]
+
+        async def replayed() -> Message:
+            if replay:
+                return replay.pop(0)
+            return await receive()
+
+        await self.app(scope, replayed, send)
+
+    async def _refuse(self, send: Send) -> None:
+        if self.on_refused is not None:
+            self.on_refused()
+        await _error(
+            send,
+            413,
+            "body_too_large",
+            f"the request body is larger than {self.max_bytes} bytes",
+        )
+
+
+async def _error(send: Send, status: int, code: str, message: str) -> None:
+    body: dict[str, Any] = {"error": code, "message": message}
+    data = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})

@@ -1,0 +1,236 @@
+"""Prometheus metrics of the host, in a registry of its own (one per app).
+
+Request counters are updated by a middleware, labelled by route *template* (bounded
+cardinality). Everything else is read from the running host when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from waclient.client import ClientState
+
+if TYPE_CHECKING:
+    from .runtime import Host
+
+__all__ = ["CONTENT_TYPE", "HostMetrics", "MetricsMiddleware"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HostMetrics:
+    """The host's registry and its request-level collectors."""
+
+    def __init__(self, host: Host) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "waclient_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "waclient_http_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.sends = Counter(
+            "waclient_sends",
+            "Send requests, by outcome (sent, not_connected, shed, failed, rate_limited).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "waclient_auth_failures",
+            "Requests refused for a missing or wrong API key.",
+            registry=self.registry,
+        )
+        self.bodies_refused = Counter(
+            "waclient_bodies_too_large", "Requests refused with 413.", registry=self.registry
+        )
+        self.errors = Counter(
+            "waclient_internal_errors",
+            "Requests answered 500 (see the log by error id).",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_HostCollector(host))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _HostCollector(Collector):
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # read at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterable[Metric]:
+        host = self.host
+        status = host.guard.status
+        g = GaugeMetricFamily
+        yield g(
+            "waclient_memory_used_bytes",
+            "PSS of host and worker, as the guard counts it.",
+            value=status.used if status else 0,
+        )
+        yield g(
+            "waclient_memory_soft_limit_bytes",
+            "Soft limit: sends shed above it.",
+            value=host.limits.soft,
+        )
+        yield g(
+            "waclient_memory_hard_limit_bytes",
+            "Hard limit: graceful restart above it.",
+            value=host.limits.hard,
+        )
+        yield g(
+            "waclient_memory_machine_bytes",
+            "The machine's (or cgroup's) memory.",
+            value=host.limits.machine,
+        )
+        yield g(
+            "waclient_memory_shedding",
+            "1 while new sends are refused for memory.",
+            value=1 if host.guard.shedding else 0,
+        )
+        yield g(
+            "waclient_memory_peak_bytes",
+            "Highest usage a guard check has seen.",
+            value=host.guard.peak,
+        )
+        current = host.snapshot()
+        yield g("waclient_python_blocks", "sys.getallocatedblocks()", value=current.py_blocks)
+        yield g("waclient_open_fds", "Open file descriptors of the host.", value=current.fds)
+        yield g("waclient_threads", "OS threads of the host.", value=current.threads)
+        yield g(
+            "waclient_asyncio_tasks", "asyncio tasks of the host's loop.", value=current.tasks or 0
+        )
+        rss = g("waclient_worker_rss_bytes", "RSS of the isolated worker.", labels=["pid"])
+        for w in current.workers:
+            rss.add_metric([str(w.pid)], w.rss)
+        yield rss
+        listeners = g("waclient_listeners", "Live handlers per event type.", labels=["event"])
+        for name, count in sorted(current.listeners.items()):
+            listeners.add_metric([name], count)
+        yield listeners
+
+        client = host.client
+        state = g("waclient_client_state", "1 for the client's current state.", labels=["state"])
+        for s in ClientState:
+            state.add_metric([s.value], 1 if client is not None and client.state is s else 0)
+        yield state
+        if client is not None:
+            yield CounterMetricFamily(
+                "waclient_client_attempts", "Session attempts.", value=client.attempts
+            )
+            yield g(
+                "waclient_client_failures_in_a_row",
+                "Attempts in a row that failed.",
+                value=client.failures,
+            )
+            yield CounterMetricFamily(
+                "waclient_client_handler_errors",
+                "Handlers that raised.",
+                value=client.registry.handler_errors,
+            )
+        worker = host.worker_stats()
+        if worker is not None:
+            yield CounterMetricFamily(
+                "waclient_worker_recycles", "Worker recycles.", value=worker.get("recycles", 0)
+            )
+            yield CounterMetricFamily(
+                "waclient_worker_crashes", "Worker crashes.", value=worker.get("crashes", 0)
+            )
+
+        names = ("buffered", "spooled", "dropped", "written", "duplicates", "replayed", "outages")
+        gauges = {"buffered", "spooled"}
+        families = {
+            n: (g if n in gauges else CounterMetricFamily)(
+                f"waclient_recorder_{n}", f"Recorder {n} records (outages: count).", labels=["dir"]
+            )
+            for n in names
+        }
+        up = g(
+            "waclient_recorder_redis_up",
+            "1 while the recorder's Redis writes work.",
+            labels=["dir"],
+        )
+        for rec in (host.inbound, host.outbound):
+            if rec is None:
+                continue
+            st = rec.stats()
+            for n in names:
+                families[n].add_metric([rec.direction], getattr(st, n))
+            up.add_metric([rec.direction], 1 if st.up else 0)
+        yield from families.values()
+        yield up
+        if host.scheduler is not None:
+            st2 = host.scheduler.stats()
+            yield CounterMetricFamily(
+                "waclient_scheduler_sent", "Scheduled messages sent.", value=st2["sent"]
+            )
+            yield CounterMetricFamily(
+                "waclient_scheduler_send_failures",
+                "Scheduled sends that failed.",
+                value=st2["send_failures"],
+            )
+        yield CounterMetricFamily(
+            "waclient_rate_limited",
+            "Requests refused with 429.",
+            value=host.send_limiter.limited + host.schedule_limiter.limited,
+        )
+
+
+class MetricsMiddleware:
+    """ASGI middleware: counts every response by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: HostMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "?")
+            if method not in _METHODS:
+                method = "other"
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - started)

@@ -1,0 +1,245 @@
+"""Request and response bodies, and the validation of chats and phone numbers."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+__all__ = [
+    "CHAT_PATTERN",
+    "PHONE_PATTERN",
+    "ErrorBody",
+    "normalize_chat",
+    "normalize_phone",
+]
+
+PHONE_PATTERN = r"^\+?[0-9]{6,15}$"
+"""A phone number: country code and number, digits only, an optional leading ``+``."""
+_JID_PATTERN = (
+    r"[0-9]{5,20}@s\.whatsapp\.net|[0-9]{5,20}@lid|[0-9]{5,20}(-[0-9]{5,20})?@g\.us"
+    r"|[0-9]{5,25}@newsletter"
+)
+CHAT_PATTERN = rf"^(\+?[0-9]{{6,15}}|{_JID_PATTERN})$"
+"""A phone number or a JID (user, lid, group or newsletter)."""
+TEXT_PATTERN = r"\S"
+"""At least one character that is not white space."""
+
+_PHONE = re.compile(PHONE_PATTERN)
+_CHAT = re.compile(CHAT_PATTERN)
+
+
+def normalize_phone(value: str) -> str:
+    """Digits of a phone number (country code first); ``ValueError`` with a message if not one."""
+    if not isinstance(value, str) or not _PHONE.fullmatch(value):
+        raise ValueError(
+            "not a phone number: give the country code and number as digits, optionally with a "
+            "leading +, 6 to 15 digits (e.g. +15551234567)"
+        )
+    return value.removeprefix("+")
+
+
+def normalize_chat(value: str) -> str:
+    """A JID for a phone number or a JID; ``ValueError`` with a message for anything else.
+
+    A phone number becomes ``<digits>@s.whatsapp.net``, so records of sent and received
+    messages name a chat the same way.
+    """
+    if not isinstance(value, str) or not _CHAT.fullmatch(value):
+        raise ValueError(
+            "not a phone number or a WhatsApp JID: use digits with the country code (+15551234567)"
+            " or a JID such as 15551234567@s.whatsapp.net or 1203630xxxxx@g.us"
+        )
+    if "@" in value:
+        return value
+    return f"{value.removeprefix('+')}@s.whatsapp.net"
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text must not be empty or only white space")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+Chat = Annotated[
+    str,
+    AfterValidator(normalize_chat),
+    Field(
+        description="A phone number with its country code (digits, optional +) or a JID.",
+        examples=["+15551234567", "15551234567@s.whatsapp.net"],
+        json_schema_extra={"pattern": CHAT_PATTERN},
+    ),
+]
+Phone = Annotated[
+    str,
+    AfterValidator(normalize_phone),
+    Field(
+        description="The phone number of the account to pair, with its country code.",
+        examples=["+15551234567"],
+        json_schema_extra={"pattern": PHONE_PATTERN},
+    ),
+]
+
+
+def text_type(max_length: int) -> Any:
+    """The text field's type for a host whose limit is ``max_length`` characters."""
+    return Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=max_length,
+            description=f"The message text: 1 to {max_length} characters, not only white space.",
+            json_schema_extra={"pattern": TEXT_PATTERN},
+        ),
+        AfterValidator(_check_text),
+    ]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this body."""
+
+    error: str = Field(description="A stable code, e.g. unauthorized, validation_error.")
+    message: str = Field(description="What went wrong, for a human.")
+    error_id: str | None = Field(
+        default=None, description="For 500s: quote it to find the logged traceback."
+    )
+    details: list[dict[str, Any]] | None = Field(
+        default=None, description="For 422s: each invalid field (loc, msg, type)."
+    )
+
+
+class SentBody(BaseModel):
+    id: str = Field(description="WhatsApp's message id.")
+    chat: str
+    text: str
+    timestamp: int = Field(description="Server timestamp, seconds since the epoch.")
+
+
+def send_request_model(max_length: int) -> type[BaseModel]:
+    """The body of ``POST /messages/text``."""
+    model: type[BaseModel] = create_model(
+        "SendText",
+        __base__=_Strict,
+        to=(Chat, Field(...)),
+        text=(text_type(max_length), Field(...)),
+    )
+    return model
+
+
+def schedule_request_model(max_length: int) -> type[BaseModel]:
+    """The body of ``POST /scheduled``; exactly one of ``cron`` and ``at``."""
+    model: type[BaseModel] = create_model(
+        "ScheduleText",
+        __base__=_Strict,
+        to=(Chat, Field(...)),
+        text=(text_type(max_length), Field(...)),
+        cron=(
+            str | None,
+            Field(
+                default=None,
+                max_length=200,
+                description="A 5-field cron expression (minute hour day month weekday) or an "
+                "alias such as @hourly, read in tz. Give this or at.",
+                examples=["0 9 * * 1-5"],
+            ),
+        ),
+        at=(
+            datetime | None,
+            Field(
+                default=None,
+                description="When to send once: an ISO 8601 date-time with its offset, in the "
+                "future. Give this or cron.",
+                examples=["2030-01-01T09:00:00+00:00"],
+            ),
+        ),
+        tz=(
+            str,
+            Field(
+                default="UTC",
+                max_length=64,
+                description="The IANA time zone the cron expression is read in.",
+                examples=["Europe/Lisbon"],
+            ),
+        ),
+    )
+    return model
+
+
+class PairCodeRequest(_Strict):
+    phone: Phone
+
+
+class PairCodeBody(BaseModel):
+    code: str = Field(description="Type this code on the phone: Linked devices > Link with phone.")
+
+
+class QrBody(BaseModel):
+    qr: str = Field(description="The QR code's text; render it, or fetch /session/qr.png.")
+
+
+class JobBody(BaseModel):
+    id: str
+    chat: str
+    text: str
+    kind: Literal["cron", "once"]
+    cron: str | None
+    tz: str
+    next_run: datetime
+    created_at: datetime
+    runs: int
+    last_run: datetime | None
+    failures: int
+    claimed: bool
+
+
+class JobList(BaseModel):
+    count: int
+    jobs: list[JobBody]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    whatsapp: dict[str, Any]
+    redis: dict[str, Any]
+
+
+class SessionBody(BaseModel):
+    state: str
+    connected: bool
+    transport: str
+    qr_available: bool
+    pair_code_supported: bool
+    generation: int
+    attempts: int
+    failures_in_a_row: int
+    last_error: str | None
+    worker: dict[str, Any] | None
+
+
+class MemoryBody(BaseModel):
+    snapshot: dict[str, Any]
+    guard: dict[str, Any]
+    listeners: dict[str, int]
+    worker: dict[str, Any] | None
+
+
+class RedisBody(BaseModel):
+    configured: bool
+    up: bool | None
+    probe: dict[str, Any] | None
+    recorders: dict[str, dict[str, Any]]
+    scheduler: dict[str, Any] | None

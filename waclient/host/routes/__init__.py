@@ -1,0 +1,1 @@
+"""The host's routes: health, messages, scheduled, session."""

@@ -1,0 +1,132 @@
+"""``/session``: the WhatsApp session's state, and pairing (QR code as text and PNG, pair code)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from waclient.transport import TransportError
+
+from ..config import Settings
+from ..deps import HostDep, KeyDep
+from ..errors import ApiError, error_responses
+from ..models import PairCodeBody, PairCodeRequest, QrBody, SessionBody
+
+__all__ = ["router"]
+
+PAIR_TIMEOUT = 30.0
+
+
+def _qr(host: Any) -> str:
+    qr = getattr(host.transport, "latest_qr", None)
+    if not isinstance(qr, str) or not qr:
+        raise ApiError(
+            404,
+            "no QR code: the session is paired already, or WhatsApp has not sent one yet",
+            code="no_qr",
+        )
+    return qr
+
+
+def _pairer(host: Any) -> Callable[[str], Awaitable[str]] | None:
+    fn = getattr(host.transport, "pair_phone", None)
+    return fn if callable(fn) else None
+
+
+def router(settings: Settings) -> APIRouter:
+    r = APIRouter(tags=["session"])
+
+    @r.get(
+        "/session",
+        response_model=SessionBody,
+        summary="The WhatsApp session's state",
+        description="The client's lifecycle state (idle, connecting, connected, reconnecting, "
+        "backoff, logged_out, failed...), its counters, whether a QR code is waiting to be "
+        "scanned, and the isolated worker's process figures.",
+        responses=error_responses(401),
+    )
+    async def session(host: HostDep, _key: KeyDep) -> dict[str, Any]:
+        client = host.client
+        stats = client.stats() if client is not None else {}
+        qr = getattr(host.transport, "latest_qr", None)
+        return {
+            "state": stats.get("state", "stopped"),
+            "connected": bool(client is not None and client.connected),
+            "transport": settings.transport,
+            "qr_available": isinstance(qr, str) and bool(qr),
+            "pair_code_supported": _pairer(host) is not None,
+            "generation": stats.get("generation", 0),
+            "attempts": stats.get("attempts", 0),
+            "failures_in_a_row": stats.get("failures_in_a_row", 0),
+            "last_error": stats.get("last_error"),
+            "worker": host.worker_stats(),
+        }
+
+    @r.get(
+        "/session/qr",
+        response_model=QrBody,
+        summary="The pairing QR code, as text",
+        description="The latest QR code WhatsApp sent (it changes every ~20 s until scanned). "
+        "404 when there is none.",
+        responses=error_responses(401, 404),
+    )
+    async def qr_text(host: HostDep, _key: KeyDep) -> dict[str, str]:
+        return {"qr": _qr(host)}
+
+    @r.get(
+        "/session/qr.png",
+        summary="The pairing QR code, as a PNG image",
+        description="Scan it with WhatsApp: Settings > Linked devices > Link a device.",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+            **error_responses(401, 404),
+        },
+    )
+    async def qr_png(host: HostDep, _key: KeyDep) -> Response:
+        qr = _qr(host)
+
+        def render() -> bytes:
+            import segno
+
+            buffer = io.BytesIO()
+            segno.make(qr, error="l").save(buffer, kind="png", scale=8, border=4)
+            return buffer.getvalue()
+
+        png = await asyncio.to_thread(render)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @r.post(
+        "/session/pair-code",
+        response_model=PairCodeBody,
+        summary="Pair with a phone number instead of a QR code",
+        description="Asks WhatsApp for an 8-character code to type on the phone (Linked "
+        "devices > Link with phone number instead). 501 when the transport cannot do it; 503 "
+        "when no session is running.",
+        responses=error_responses(401, 413, 422, 501, 502, 503),
+    )
+    async def pair_code(host: HostDep, _key: KeyDep, body: PairCodeRequest) -> dict[str, str]:
+        pair = _pairer(host)
+        if pair is None:
+            raise ApiError(
+                501,
+                f"the {settings.transport} transport cannot make pair codes; scan the QR code",
+                code="pair_code_unsupported",
+            )
+        client = host.client
+        if client is None or client.state.terminal:
+            raise ApiError(503, "no session is running", code="not_running")
+        try:
+            async with asyncio.timeout(PAIR_TIMEOUT):
+                code = await pair(body.phone)
+        except TimeoutError as exc:
+            raise ApiError(503, "WhatsApp did not answer in time", code="pair_timeout") from exc
+        except TransportError as exc:
+            raise ApiError(502, f"pairing failed: {exc}", code="pair_failed") from exc
+        return {"code": code}
+
+    return r
