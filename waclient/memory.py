@@ -80,6 +80,10 @@ _UNITS = {
     "gb": 1000**3,
     "gi": 1024**3,
     "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ti": 1024**4,
+    "tib": 1024**4,
 }
 
 
@@ -103,7 +107,9 @@ def parse_size(value: str | int | float) -> int:
                 f"bad size {value!r}: use bytes or a number with a unit such as 200MiB, 512M, 1GiB"
             ) from None
     if unit not in _UNITS:
-        raise ValueError(f"bad size unit in {value!r}: use B, K/KB, KiB, M/MB, MiB, G/GB or GiB")
+        raise ValueError(
+            f"bad size unit in {value!r}: use B, K/KB, KiB, M/MB, MiB, G/GB, GiB, T/TB or TiB"
+        )
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"bad size {value!r}: must be a finite number >= 0")
     return int(number * _UNITS[unit])
@@ -212,8 +218,10 @@ def derive_limits(
     The defaults (80 % and 90 %) leave the last tenth of the machine to the kernel, the page
     cache and the time a graceful shutdown takes; see docs/host.md for the figures.
     """
-    if not 0 < soft_fraction < hard_fraction < 1:
-        raise ValueError("memory fractions need 0 < soft_fraction < hard_fraction < 1")
+    if not (0 < soft_fraction < 1 and 0 < hard_fraction < 1):
+        raise ValueError("memory fractions must be within (0, 1)")
+    if soft is None and hard is None and soft_fraction >= hard_fraction:
+        raise ValueError("memory fractions need soft_fraction < hard_fraction")
     soft_value = soft if soft is not None else int(machine.total * soft_fraction)
     hard_value = hard if hard is not None else int(machine.total * hard_fraction)
     how = (

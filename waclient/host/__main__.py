@@ -1,8 +1,9 @@
 """``python -m waclient.host``: serve the host with uvicorn on ``$PORT`` (default 8080).
 
-Exit status: 0 after a normal shutdown (SIGTERM, SIGINT), 2 for a bad configuration (one line
-on stderr says what to set), 3 when memory passed the hard limit and the host shut itself down
-so the platform restarts it.
+Exit status: after SIGTERM or SIGINT the host shuts down gracefully and then ends by that signal
+(uvicorn re-raises it: status 143 or 130 in a shell); 2 for a bad configuration (one line on
+stderr says what to set); 3 when memory passed the hard limit and the host shut itself down so
+that the platform restarts it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # importing neonize installs a handler of its own
     )
     server: uvicorn.Server | None = None
 

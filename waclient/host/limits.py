@@ -82,16 +82,26 @@ class RateLimiter:
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``max_bytes`` with 413.
 
-    A declared ``Content-Length`` over the limit is refused before anything is read. A body
-    without one (chunked, streamed) is read up to the limit, and refused as soon as it passes
-    it; what was read is then replayed to the app. So at most ``max_bytes`` of a body are ever
-    held in memory.
+    A declared ``Content-Length`` over the limit is refused without passing anything to the
+    app. A body without one (chunked, streamed) is read up to the limit and refused as soon as
+    it passes it; a body within the limit is replayed to the app. So at most ``max_bytes`` of a
+    body are ever held in memory. Before answering 413, the rest of a refused body is read and
+    discarded up to ``drain_cap`` bytes (default: 1 MiB or 4 x the limit), so that a client
+    still sending it reads the 413 rather than a connection reset; past that, the connection
+    is closed.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_refused: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        on_refused: Callable[[], None] | None = None,
+        drain_cap: int | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.on_refused = on_refused
+        self.drain_cap = drain_cap if drain_cap is not None else max(2**20, 4 * max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,6 +121,8 @@ class BodyLimit:
                 await _error(send, 400, "bad_request", "Content-Length is not a number")
                 return
             if declared > self.max_bytes:
+                if declared <= self.drain_cap:
+                    await self._drain(receive, 0)
                 await self._refuse(send)
                 return
         messages: list[Message] = []
@@ -122,6 +134,8 @@ class BodyLimit:
                 break
             total += len(message.get("body", b""))
             if total > self.max_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, total)
                 await self._refuse(send)
                 return
             messages.append(message)
@@ -137,6 +151,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replayed, send)
+
+    async def _drain(self, receive: Receive, already: int) -> None:
+        """Read and discard the rest of a refused body, up to ``drain_cap`` bytes in all, so
+        that the client (still sending) reads the 413 instead of a connection reset."""
+        total = already
+        while total <= self.drain_cap:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            total += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     async def _refuse(self, send: Send) -> None:
         if self.on_refused is not None:
