@@ -18,7 +18,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.faults import RedisServer
-from harness.simulate import SimulatedTransport
 from waclient.host import create_app, load_settings
 from waclient.host.testing import RunningServer, serve
 
@@ -223,9 +222,20 @@ def test_metrics_exposition_parses(api: httpx.Client) -> None:
 def test_openapi_documents_everything(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
-    for path in ("/health", "/health/ready", "/health/memory", "/health/redis", "/metrics",
-                 "/messages/text", "/scheduled", "/scheduled/{job_id}", "/session",
-                 "/session/qr", "/session/qr.png", "/session/pair-code"):  # fmt: skip
+    for path in (
+        "/health",
+        "/health/ready",
+        "/health/memory",
+        "/health/redis",
+        "/metrics",
+        "/messages/text",
+        "/scheduled",
+        "/scheduled/{job_id}",
+        "/session",
+        "/session/qr",
+        "/session/qr.png",
+        "/session/pair-code",
+    ):
         assert path in spec["paths"], path
         for op in spec["paths"][path].values():
             assert op.get("summary") or op.get("description")
@@ -339,8 +349,10 @@ def test_other_bodies_over_limit_are_413(api: httpx.Client, path: str) -> None:
 
 
 def test_schedule_list_get_cancel(api: httpx.Client) -> None:
-    r = api.post("/scheduled", json={"to": PHONE, "text": "daily", "cron": "0 9 * * *",
-                                     "tz": "Europe/Lisbon"})  # fmt: skip
+    r = api.post(
+        "/scheduled",
+        json={"to": PHONE, "text": "daily", "cron": "0 9 * * *", "tz": "Europe/Lisbon"},
+    )
     assert r.status_code == 201, r.text
     cron_job = r.json()
     assert cron_job["kind"] == "cron" and cron_job["tz"] == "Europe/Lisbon"
@@ -451,8 +463,9 @@ def test_huge_streamed_body_is_refused_and_the_host_survives(api: httpx.Client) 
             yield b"x" * 1024
 
     try:
-        r = api.post("/messages/text", content=chunks(),
-                     headers={"content-type": "application/json"})  # fmt: skip
+        r = api.post(
+            "/messages/text", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413
     except httpx.TransportError:
         pass  # connection closed while we were still sending: refused all the same

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 
 from harness.faults import FaultProxy
 from harness.simulate import SimulatedTransport
@@ -18,8 +19,6 @@ from waclient.host import create_app
 from waclient.host.limits import RateLimiter
 from waclient.host.testing import serve
 from waclient.transport import SentMessage
-
-from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 
 MSG = {"to": PHONE, "text": "hi"}
 
@@ -167,8 +166,9 @@ def test_memory_soft_limit_sheds_sends_with_503(tmp_path: Path, redis_url: str) 
 
 
 def test_memory_hard_limit_stops_the_server_gracefully(tmp_path: Path, redis_url: str) -> None:
-    settings = make_settings(tmp_path, redis_url, memory_soft_limit="1KiB",
-                             memory_hard_limit="2KiB")  # fmt: skip
+    settings = make_settings(
+        tmp_path, redis_url, memory_soft_limit="1KiB", memory_hard_limit="2KiB"
+    )
     app = create_app(settings)
     with serve(app) as srv:
         wait_until(lambda: srv.stopped, "the server to stop itself")
@@ -191,8 +191,13 @@ def test_no_redis_configured(tmp_path: Path) -> None:
             r = api.request(method, path, json=body)
             assert r.status_code == 503 and r.json()["error"] == "redis_not_configured"
         redis = api.get("/health/redis").json()
-        assert redis == {"configured": False, "up": None, "probe": None, "recorders": {},
-                         "scheduler": None}  # fmt: skip
+        assert redis == {
+            "configured": False,
+            "up": None,
+            "probe": None,
+            "recorders": {},
+            "scheduler": None,
+        }
 
 
 def test_redis_outage(tmp_path: Path, fault_proxy: FaultProxy) -> None:
@@ -221,8 +226,10 @@ def test_redis_outage(tmp_path: Path, fault_proxy: FaultProxy) -> None:
         wait_until(lambda: out_stats()["spooled"] == 20, "the records to reach the spool")
         assert out_stats()["up"] is False and out_stats()["dropped"] == 0
         fault_proxy.heal()
-        wait_until(lambda: out_stats()["written"] >= 20 and out_stats()["spooled"] == 0,
-                   "the spool to drain")  # fmt: skip
+        wait_until(
+            lambda: out_stats()["written"] >= 20 and out_stats()["spooled"] == 0,
+            "the spool to drain",
+        )
         assert out_stats()["replayed"] == 20
         wait_ready(api)
         import redis as redis_sync

@@ -144,7 +144,7 @@ def test_sigkill_during_an_outage_then_restart(tmp_path: Path, fault_proxy: Faul
             api.post("/scheduled", json={"to": PHONE, "text": "cron", "cron": "0 9 * * *"}),
             api.post(
                 "/scheduled", json={"to": PHONE, "text": "once", "at": "2099-01-01T09:00:00+00:00"}
-            ),  # fmt: skip
+            ),
         ]
         assert [j.status_code for j in jobs] == [201, 201]
         before = {j.json()["id"]: j.json() for j in jobs}

@@ -107,8 +107,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     details = []
     for err in exc.errors():
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        details.append({"loc": [str(p) for p in err.get("loc", ())], "msg": msg,
-                        "type": str(err.get("type", ""))})  # fmt: skip
+        details.append(
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "msg": msg,
+                "type": str(err.get("type", "")),
+            }
+        )
     message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in details) or "invalid request"
     return _json(422, ErrorBody(error="validation_error", message=message, details=details))
 
