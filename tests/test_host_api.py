@@ -434,9 +434,9 @@ def test_pair_code_bad_phone_is_422(api: httpx.Client, phone: str) -> None:
     assert r.status_code == 422 and "phone" in r.json()["message"]
 
 
-def test_pair_code_unsupported_is_501(api: httpx.Client) -> None:
+def test_pair_code_unsupported_is_409(api: httpx.Client) -> None:
     r = api.post("/session/pair-code", json={"phone": PHONE})
-    assert r.status_code == 501 and r.json()["error"] == "pair_code_unsupported"
+    assert r.status_code == 409 and r.json()["error"] == "pair_code_unsupported"
 
 
 def test_pair_code_with_a_transport_that_pairs(api: httpx.Client, running: RunningServer) -> None:
@@ -470,3 +470,27 @@ def test_huge_streamed_body_is_refused_and_the_host_survives(api: httpx.Client) 
     except httpx.TransportError:
         pass  # connection closed while we were still sending: refused all the same
     assert api.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/scheduled", "GET, HEAD, POST"),
+        ("POST", f"/scheduled/{VALID_JOB}", "DELETE, GET, HEAD"),
+        ("DELETE", "/messages/text", "POST"),
+        ("POST", "/health", "GET, HEAD"),
+    ],
+)
+def test_405_names_every_allowed_method(
+    api: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    r = api.request(method, path)
+    assert r.status_code == 405 and r.headers["Allow"] == allow
+    assert r.json()["error"] == "method_not_allowed"
+
+
+def test_undecodable_body_is_400(api: httpx.Client) -> None:
+    r = api.post(
+        "/messages/text", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert r.status_code in (400, 422) and r.json()["error"] in ("bad_request", "validation_error")

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from waclient.transport import Transport
 
 from .config import Settings, load_settings
-from .errors import CatchAll, install_handlers
+from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .routes import health, messages, scheduled, session
@@ -70,13 +70,15 @@ def create_app(
     app.state.host = host
     app.state.settings = settings
     install_handlers(app)
-    for r in (
+    routers = [
         health.router(settings),
         messages.router(settings),
         scheduled.router(settings),
         session.router(settings),
-    ):
+    ]
+    for r in routers:
         app.include_router(r)
+    app.state.allow_map = allow_map([route for r in routers for route in r.routes])
     # Added last = outermost: metrics see every answer, 413 included; CatchAll turns an
     # escaped exception into a JSON 500 inside them.
     app.add_middleware(CatchAll, on_error=host.metrics.errors.inc)

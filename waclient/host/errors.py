@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .models import ErrorBody
 
-__all__ = ["ApiError", "CatchAll", "error_responses", "install_handlers"]
+__all__ = ["ApiError", "CatchAll", "allow_map", "error_responses", "install_handlers"]
 
 log = logging.getLogger("waclient.host")
 
@@ -36,13 +37,14 @@ _CODES = {
 }
 
 _DESCRIPTIONS = {
+    400: "The body could not be read (e.g. not UTF-8).",
     401: "The X-API-Key header is missing or wrong.",
     404: "Not found.",
-    409: "Conflict (e.g. the session already holds the most scheduled messages allowed).",
+    409: "Conflict: the session already holds the most scheduled messages allowed, or the "
+    "transport cannot make pair codes.",
     413: "The request body is larger than WACLIENT_MAX_BODY_BYTES.",
     422: "Invalid input; `message` says which field and why.",
     429: "Too many requests for this API key; wait for Retry-After seconds.",
-    501: "The transport cannot do this.",
     502: "WhatsApp refused or failed the request.",
     503: "Unavailable now: WhatsApp not connected, memory soft limit (shedding), or Redis "
     "down / not configured; `error` says which. Retry later.",
@@ -95,11 +97,32 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     message = exc.detail if isinstance(exc.detail, str) else _CODES.get(status, "error")
-    return _json(
-        status,
-        ErrorBody(error=_CODES.get(status, "error"), message=message),
-        exc.headers,
-    )
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = _allowed(request)
+    return _json(status, ErrorBody(error=_CODES.get(status, "error"), message=message), headers)
+
+
+def allow_map(routes: Iterable[Any]) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path regex, methods) of routes, for :func:`_allowed`."""
+    out = []
+    for route in routes:
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods:
+            out.append((regex, frozenset(methods)))
+    return out
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's own 405 names one route's)."""
+    methods: set[str] = set()
+    path = request.scope.get("path", "")
+    for regex, route_methods in getattr(request.app.state, "allow_map", ()):
+        if regex.match(path):
+            methods |= route_methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 __all__ = [
     "CHAT_PATTERN",
@@ -136,43 +136,68 @@ def send_request_model(max_length: int) -> type[BaseModel]:
     return model
 
 
-def schedule_request_model(max_length: int) -> type[BaseModel]:
-    """The body of ``POST /scheduled``; exactly one of ``cron`` and ``at``."""
-    model: type[BaseModel] = create_model(
-        "ScheduleText",
+def _schedule_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        has_cron, has_at = "cron" in value, "at" in value
+        if has_cron != has_at:
+            return "cron" if has_cron else "once"
+        return None
+    return getattr(value, "kind", None)
+
+
+def schedule_request_model(max_length: int) -> Any:
+    """The body of ``POST /scheduled``: a cron job or a one-shot job (exactly one of ``cron``
+    and ``at``), as a tagged union so that the OpenAPI schema says so too (``oneOf``)."""
+    text = text_type(max_length)
+    cron_model: type[BaseModel] = create_model(
+        "ScheduleCron",
         __base__=_Strict,
+        __doc__="Send each time the cron expression fires.",
         to=(Chat, Field(...)),
-        text=(text_type(max_length), Field(...)),
+        text=(text, Field(...)),
         cron=(
-            str | None,
+            str,
             Field(
-                default=None,
+                min_length=1,
                 max_length=200,
                 description="A 5-field cron expression (minute hour day month weekday) or an "
-                "alias such as @hourly, read in tz. Give this or at.",
+                "alias such as @hourly, read in tz.",
                 examples=["0 9 * * 1-5"],
-            ),
-        ),
-        at=(
-            datetime | None,
-            Field(
-                default=None,
-                description="When to send once: an ISO 8601 date-time with its offset, in the "
-                "future. Give this or cron.",
-                examples=["2030-01-01T09:00:00+00:00"],
             ),
         ),
         tz=(
             str,
             Field(
                 default="UTC",
+                min_length=1,
                 max_length=64,
                 description="The IANA time zone the cron expression is read in.",
                 examples=["Europe/Lisbon"],
             ),
         ),
     )
-    return model
+    once_model: type[BaseModel] = create_model(
+        "ScheduleOnce",
+        __base__=_Strict,
+        __doc__="Send once, at a future date and time.",
+        to=(Chat, Field(...)),
+        text=(text, Field(...)),
+        at=(
+            datetime,
+            Field(
+                description="When: an ISO 8601 date-time with its offset, in the future.",
+                examples=["2030-01-01T09:00:00+00:00"],
+            ),
+        ),
+    )
+    return Annotated[
+        Annotated[cron_model, Tag("cron")] | Annotated[once_model, Tag("once")],
+        Discriminator(
+            _schedule_kind,
+            custom_error_type="schedule_kind",
+            custom_error_message="give exactly one of `cron` (repeating) and `at` (once)",
+        ),
+    ]
 
 
 class PairCodeRequest(_Strict):

@@ -36,7 +36,7 @@ def router(settings: Settings) -> APIRouter:
         "`<session>:messages:out`) by the outbound recorder. Rate limited per API key "
         "(WACLIENT_SEND_RATE, WACLIENT_SEND_BURST). 503 when WhatsApp is not connected "
         "(`not_connected`) or memory is past the soft limit (`memory_shedding`).",
-        responses=error_responses(401, 413, 422, 429, 502, 503, 504),
+        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
     )
     async def send_text(
         host: HostDep,

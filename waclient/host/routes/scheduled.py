@@ -59,7 +59,7 @@ def router(settings: Settings) -> APIRouter:
         "bad cron expression, a date in the past or without an offset, an unknown time zone; "
         "409 when the session already holds WACLIENT_MAX_SCHEDULED jobs; 503 when Redis is "
         "down or not configured.",
-        responses=error_responses(401, 409, 413, 422, 429, 503),
+        responses=error_responses(400, 401, 409, 413, 422, 429, 503),
     )
     async def create(
         host: HostDep,
@@ -68,9 +68,7 @@ def router(settings: Settings) -> APIRouter:
     ) -> dict[str, Any]:
         data = body.model_dump()  # type: ignore[attr-defined]
         scheduler = _scheduler(host)
-        cron, at = data["cron"], data["at"]
-        if (cron is None) == (at is None):
-            raise ApiError(422, "give exactly one of `cron` and `at`", code="validation_error")
+        cron, at = data.get("cron"), data.get("at")
         try:
             async with _redis_errors():
                 if cron is not None:

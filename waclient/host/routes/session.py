@@ -105,15 +105,15 @@ def router(settings: Settings) -> APIRouter:
         response_model=PairCodeBody,
         summary="Pair with a phone number instead of a QR code",
         description="Asks WhatsApp for an 8-character code to type on the phone (Linked "
-        "devices > Link with phone number instead). 501 when the transport cannot do it; 503 "
+        "devices > Link with phone number instead). 409 when the transport cannot do it; 503 "
         "when no session is running.",
-        responses=error_responses(401, 413, 422, 501, 502, 503),
+        responses=error_responses(400, 401, 409, 413, 422, 502, 503),
     )
     async def pair_code(host: HostDep, _key: KeyDep, body: PairCodeRequest) -> dict[str, str]:
         pair = _pairer(host)
         if pair is None:
             raise ApiError(
-                501,
+                409,
                 f"the {settings.transport} transport cannot make pair codes; scan the QR code",
                 code="pair_code_unsupported",
             )
