@@ -88,6 +88,22 @@ def test_machine_memory_cgroup_v2_nested_path(tmp_path: Path) -> None:
     assert found.total == 512 * MiB
 
 
+def test_machine_memory_cgroup_v1_nested_and_ancestors(tmp_path: Path) -> None:
+    root = _cgroup(
+        tmp_path,
+        {
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+            "memory/box/memory.limit_in_bytes": str(400 * MiB),
+            "memory/box/app/memory.limit_in_bytes": str(600 * MiB),  # the parent's is lower
+        },
+        self_cgroup="5:cpu,memory:/box/app\n0::/\n",
+    )
+    found = machine_memory(
+        cgroup_root=root, proc_self_cgroup=tmp_path / "self-cgroup", total_ram=8 * 2**30
+    )
+    assert found.total == 400 * MiB and "box" in found.source
+
+
 def test_machine_memory_cgroup_v1(tmp_path: Path) -> None:
     root = _cgroup(tmp_path, {"memory/memory.limit_in_bytes": str(300 * MiB)})
     found = machine_memory(

@@ -145,16 +145,33 @@ def _read_limit(path: Path) -> int | None:
     return value if 0 < value < _NO_LIMIT else None
 
 
-def _cgroup_v2_paths(cgroup_root: Path, proc_self_cgroup: Path) -> list[Path]:
-    paths = []
+def _own_cgroups(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup path in the v2 hierarchy and in v1's memory hierarchy."""
+    v2: str | None = None
+    v1: str | None = None
     with contextlib.suppress(OSError):
         for line in proc_self_cgroup.read_text().splitlines():
-            if line.startswith("0::"):
-                rel = line[3:].strip().lstrip("/")
-                if rel:
-                    paths.append(cgroup_root / rel / "memory.max")
-    paths.append(cgroup_root / "memory.max")
-    return paths
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            _, controllers, path = parts
+            if controllers == "" and parts[0] == "0":
+                v2 = path.strip()
+            elif "memory" in controllers.split(","):
+                v1 = path.strip()
+    return v2, v1
+
+
+def _lowest_limit(base: Path, rel: str | None, filename: str) -> tuple[int, Path] | None:
+    """The lowest limit set on ``base/rel`` or any of its ancestors up to ``base``."""
+    parts = [p for p in (rel or "").split("/") if p]
+    found: tuple[int, Path] | None = None
+    for depth in range(len(parts), -1, -1):
+        path = base.joinpath(*parts[:depth], filename)
+        limit = _read_limit(path)
+        if limit is not None and (found is None or limit < found[0]):
+            found = (limit, path)
+    return found
 
 
 def machine_memory(
@@ -163,19 +180,19 @@ def machine_memory(
     proc_self_cgroup: str | os.PathLike[str] = "/proc/self/cgroup",
     total_ram: int | None = None,
 ) -> MachineMemory:
-    """The memory available to this machine: the cgroup limit when one is set (v2
-    ``memory.max``, else v1 ``memory/memory.limit_in_bytes``), capped by the total RAM; else
-    the total RAM (a Fly.io machine is a VM: its RAM is its limit)."""
+    """The memory available to this process's machine or container: the lowest cgroup limit on
+    its cgroup and the cgroup's ancestors (v2 ``memory.max``, else v1
+    ``memory/memory.limit_in_bytes``), capped by the total RAM; else the total RAM (a Fly.io
+    machine is a VM: its RAM is its limit)."""
     root = Path(cgroup_root)
     ram = total_ram if total_ram is not None else int(psutil.virtual_memory().total)
-    candidates: list[tuple[Path, str]] = [
-        (p, "cgroup v2") for p in _cgroup_v2_paths(root, Path(proc_self_cgroup))
-    ]
-    candidates.append((root / "memory" / "memory.limit_in_bytes", "cgroup v1"))
-    for path, kind in candidates:
-        limit = _read_limit(path)
-        if limit is not None and limit < ram:
-            return MachineMemory(limit, f"{kind} {path}")
+    v2, v1 = _own_cgroups(Path(proc_self_cgroup))
+    for found, kind in (
+        (_lowest_limit(root, v2, "memory.max"), "cgroup v2"),
+        (_lowest_limit(root / "memory", v1, "memory.limit_in_bytes"), "cgroup v1"),
+    ):
+        if found is not None and found[0] < ram:
+            return MachineMemory(found[0], f"{kind} {found[1]}")
     return MachineMemory(ram, "ram")
 
 

@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     worker_rss_budget: Size = Field(
         default=None,
         description="WACLIENT_WORKER_RSS_BUDGET: the isolated worker is recycled past this RSS. "
-        "Default: 45 % of the machine's memory, at most 150 MiB.",
+        "Default: 40 % of the machine's memory, at most 150 MiB.",
     )
 
     # requests

@@ -43,11 +43,11 @@ __all__ = ["Host", "build_transport", "worker_budget"]
 log = logging.getLogger("waclient.host")
 
 MAX_WORKER_BUDGET = 150 * 2**20
-WORKER_BUDGET_FRACTION = 0.45
+WORKER_BUDGET_FRACTION = 0.40
 
 
 def worker_budget(settings: Settings, machine: int) -> int:
-    """The isolated worker's RSS budget: set, or 45 % of the machine's memory, <= 150 MiB."""
+    """The isolated worker's RSS budget: set, or 40 % of the machine's memory, <= 150 MiB."""
     if settings.worker_rss_budget is not None:
         return settings.worker_rss_budget
     return min(MAX_WORKER_BUDGET, int(machine * WORKER_BUDGET_FRACTION))

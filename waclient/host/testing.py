@@ -53,7 +53,9 @@ def serve(
     )
     server = uvicorn.Server(config)
     errors: list[BaseException] = []
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every
+    # response waits ~40 ms (Nagle against delayed ACKs).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = int(sock.getsockname()[1])
