@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.faults import RedisServer
+from harness.simulate import SimulatedTransport
 from waclient.host import create_app, load_settings
 from waclient.host.testing import RunningServer, serve
 
@@ -415,17 +416,28 @@ def test_qr_absent_is_404(api: httpx.Client) -> None:
     assert api.get("/session/qr.png").status_code == 404
 
 
-def test_qr_present_as_text_and_png(api: httpx.Client, running: RunningServer) -> None:
+def test_qr_is_not_offered_once_connected(api: httpx.Client, running: RunningServer) -> None:
     transport = running.app.state.host.transport
-    transport.latest_qr = "2@abcdef,ghijkl,mnopqr,stuvwx"
+    transport.latest_qr = "2@stale"
     try:
+        assert api.get("/session/qr").status_code == 404
+        assert api.get("/session").json()["qr_available"] is False
+    finally:
+        transport.latest_qr = None
+
+
+def test_qr_present_as_text_and_png(tmp_path: Path, redis_url: str) -> None:
+    sim = SimulatedTransport(auto_connect=False)  # a session waiting to be paired
+    sim.latest_qr = "2@abcdef,ghijkl,mnopqr,stuvwx"  # type: ignore[attr-defined]
+    with (
+        serve(create_app(make_settings(tmp_path, redis_url), transport=sim)) as srv,
+        httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}) as api,
+    ):
         assert api.get("/session/qr").json() == {"qr": "2@abcdef,ghijkl,mnopqr,stuvwx"}
         assert api.get("/session").json()["qr_available"] is True
         png = api.get("/session/qr.png")
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
-    finally:
-        transport.latest_qr = None
 
 
 @pytest.mark.parametrize("phone", ["", "abc", "12345", "+1 555 123 4567", "1234567890123456"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -14,7 +15,10 @@ from ..errors import error_responses
 from ..metrics import CONTENT_TYPE
 from ..models import Liveness, MemoryBody, Readiness, RedisBody
 
-__all__ = ["router"]
+__all__ = ["READY_PROBE_CACHE", "router"]
+
+READY_PROBE_CACHE = 1.0
+"""Seconds a Redis probe result is reused by /health/ready (it needs no key: no PING flood)."""
 
 
 def router(settings: Settings) -> APIRouter:
@@ -35,7 +39,8 @@ def router(settings: Settings) -> APIRouter:
         response_model=Readiness,
         summary="Readiness: WhatsApp connected and Redis up",
         description="200 when WhatsApp is connected and Redis (if configured) answers a PING "
-        "within 1 s; else 503 with the same body. No key needed; it reveals states only.",
+        "within 1 s (a result is reused for 1 s); else 503 with the same body. No key needed; "
+        "it reveals states only.",
         responses={503: {"model": Readiness, "description": "Not ready."}},
     )
     async def ready(host: HostDep) -> JSONResponse:
@@ -44,7 +49,9 @@ def router(settings: Settings) -> APIRouter:
         whatsapp = {"state": client.state.value if client else "stopped", "connected": connected}
         redis: dict[str, Any] = {"configured": host.redis_health is not None, "up": None}
         if host.redis_health is not None:
-            status = await host.redis_health.check()
+            status = host.redis_health.status
+            if status is None or time.time() - status.checked_at > READY_PROBE_CACHE:
+                status = await host.redis_health.check()
             redis["up"] = status.up
         ok = connected and redis["up"] is not False
         body = Readiness(ready=ok, whatsapp=whatsapp, redis=redis)

@@ -21,9 +21,17 @@ __all__ = ["router"]
 PAIR_TIMEOUT = 30.0
 
 
-def _qr(host: Any) -> str:
+def _latest_qr(host: Any) -> str | None:
+    """The QR code waiting to be scanned; None once connected (the last one is stale then)."""
+    if host.client is not None and host.client.connected:
+        return None
     qr = getattr(host.transport, "latest_qr", None)
-    if not isinstance(qr, str) or not qr:
+    return qr if isinstance(qr, str) and qr else None
+
+
+def _qr(host: Any) -> str:
+    qr = _latest_qr(host)
+    if qr is None:
         raise ApiError(
             404,
             "no QR code: the session is paired already, or WhatsApp has not sent one yet",
@@ -52,12 +60,11 @@ def router(settings: Settings) -> APIRouter:
     async def session(host: HostDep, _key: KeyDep) -> dict[str, Any]:
         client = host.client
         stats = client.stats() if client is not None else {}
-        qr = getattr(host.transport, "latest_qr", None)
         return {
             "state": stats.get("state", "stopped"),
             "connected": bool(client is not None and client.connected),
             "transport": settings.transport,
-            "qr_available": isinstance(qr, str) and bool(qr),
+            "qr_available": _latest_qr(host) is not None,
             "pair_code_supported": _pairer(host) is not None,
             "generation": stats.get("generation", 0),
             "attempts": stats.get("attempts", 0),
@@ -71,7 +78,7 @@ def router(settings: Settings) -> APIRouter:
         response_model=QrBody,
         summary="The pairing QR code, as text",
         description="The latest QR code WhatsApp sent (it changes every ~20 s until scanned). "
-        "404 when there is none.",
+        "404 when there is none, or once the session is connected.",
         responses=error_responses(401, 404),
     )
     async def qr_text(host: HostDep, _key: KeyDep) -> dict[str, str]:
