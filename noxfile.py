@@ -42,3 +42,25 @@ def bench(session: nox.Session) -> None:
         "--benchmark-columns=min,median,mean,ops,rounds",
         *session.posargs,
     )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Every built-in soak scenario, a few minutes in all; reports in soak-report/<scenario>/.
+
+    Clean scenarios must stay bounded; the raw neonize storm is a known upstream leak (it must
+    be detected, and does not fail the session); every mutant must be caught on its channel.
+    Extra arguments go to `python -m harness suite` (e.g. `--only reconnect`).
+    """
+    _install(session, "harness")
+    session.run("python", "-m", "harness", "suite", "--report", "soak-report", *session.posargs)
+
+
+@nox.session(name="soak-long")
+def soak_long(session: nox.Session) -> None:
+    """The same scenarios with thousands of cycles each (not a default session)."""
+    _install(session, "harness")
+    session.run(
+        "python", "-m", "harness", "suite", "--long", "--report", "soak-report-long",
+        *session.posargs,
+    )  # fmt: skip

@@ -133,19 +133,19 @@ class SoakFixture:
             marked.setdefault("cycles", marker.args[0])
         sc = as_scenario(cycle)
 
+        marked_cycles = marked.pop("cycles", None)
+        marked_warmup = marked.pop("warmup", None)
+        marked_thresholds = marked.pop("thresholds", None) or {}
+        marked_expect = marked.pop("expect_leak", False)
         n = config.getoption("soak_cycles")
         if n is None:
-            n = cycles if cycles is not None else marked.pop("cycles", None)
-        else:
-            marked.pop("cycles", None)
+            n = cycles if cycles is not None else marked_cycles
         if n is None:
             ini = str(config.getini("soak_cycles") or "").strip()
             n = int(ini) if ini else sc.cycles
-        w = warmup if warmup is not None else marked.pop("warmup", None)
-        marked.pop("warmup", None)
-        th = {**dict(marked.pop("thresholds", None) or {}), **dict(thresholds or {})}
-        expect = expect_leak if expect_leak is not False else marked.pop("expect_leak", False)
-        marked.pop("expect_leak", None)
+        w = warmup if warmup is not None else marked_warmup
+        th = {**dict(marked_thresholds), **dict(thresholds or {})}
+        expect = expect_leak if expect_leak is not False else marked_expect
         merged = {**marked, **options}
         report = merged.pop("report_dir", None) or self._report_dir()
         out = {"cycles": int(n), "warmup": w, "thresholds": th or None, "report_dir": report}

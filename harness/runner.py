@@ -373,6 +373,7 @@ class _Run:
         self.tracked = False
         self.notes: list[str] = []
         self.workload_notes: list[str] = []
+        self.alarm_armed = False
         self.froze = False
         self._tracker: Any = None
         self._tmp: str | None = None
@@ -387,16 +388,19 @@ class _Run:
         if self.o.progress is not None:
             self.o.progress(phase, done, total)
 
-    def _tick(self, phase: str, done: int, total: int) -> int:
-        """Report progress and check the deadline; return the cycle index of the next tick."""
+    def _tick(self, phase: str, i: int, start: int, stop: int) -> int:
+        """After cycle ``i``: report progress, check the deadline; return the next tick's index.
+
+        Ticks come about five times a second, whatever a cycle costs.
+        """
         now = time.perf_counter()
         if now > self.deadline:
-            raise SoakTimeout(self.o.timeout or 0.0, done, self.o.cycles)
+            raise SoakTimeout(self.o.timeout or 0.0, i, self.o.cycles)
         if self.o.progress is not None:
-            self.o.progress(phase, done, total)
-        rate = (done - self._tick_i) / max(now - self._tick_t, 1e-6)
-        self._tick_t, self._tick_i = now, done
-        return done + max(1, min(int(rate * 0.2), 10_000))
+            self.o.progress(phase, i + 1 - start, stop - start)
+        rate = (i + 1 - self._tick_i) / max(now - self._tick_t, 1e-6)
+        self._tick_t, self._tick_i = now, i + 1
+        return i + max(1, min(int(rate * 0.2), 10_000))
 
     # -- phases -------------------------------------------------------------------------------
 
@@ -415,7 +419,8 @@ class _Run:
             gc.collect()
             gc.freeze()
             self.froze = True
-        warm_every = max(1, self.o.warmup // 200)
+        # The warm-up is not analysed: a few dozen samples, for the plot, are enough.
+        warm_every = max(1, math.ceil(self.o.warmup / 50))
         self.sampler.prepare(self.o.warmup // warm_every + 2)
         self.every = warm_every
         self._tick_t, self._tick_i = time.perf_counter(), 0
@@ -426,7 +431,8 @@ class _Run:
         assert sampler is not None
         self.warm_series = sampler.series()
         measured = self.o.cycles - self.o.warmup
-        per_cycle = self.warm_seconds / self.o.warmup if self.o.warmup else 0.0
+        cycling = self.warm_seconds - sampler.seconds
+        per_cycle = max(0.0, cycling) / self.o.warmup if self.o.warmup else 0.0
         plan = sampler.plan(measured, per_cycle, self.o.sample_every)
         self.every = plan.every
         if self.o.memray:
@@ -436,7 +442,6 @@ class _Run:
             gc.collect()
             gc.freeze()  # the warm-up's survivors join the frozen generation
         sampler.prepare(measured // plan.every + 2, plan.multiples)
-        _malloc_trim()
         if self.o.memray:
             self._start_tracker()
         # Counted after memray started: what starting it creates is not the scenario's growth.
@@ -527,7 +532,7 @@ class _Run:
                     sample(i + 1)
                     countdown = every
                 if i >= tick_at:
-                    tick_at = self._tick(phase, i + 1 - start, stop - start)
+                    tick_at = self._tick(phase, i, start, stop)
         except SoakTimeout:
             self.failed_at = i
             raise SoakTimeout(self.o.timeout or 0.0, i, self.o.cycles) from None
@@ -567,7 +572,7 @@ class _Run:
                     sample(i + 1)
                     countdown = every
                 if i >= tick_at:
-                    tick_at = self._tick(phase, i + 1 - start, stop - start)
+                    tick_at = self._tick(phase, i, start, stop)
         except SoakTimeout:
             self.failed_at = i
             raise SoakTimeout(self.o.timeout or 0.0, i, self.o.cycles) from None
@@ -624,6 +629,17 @@ class _Run:
             except Exception as exc:  # a truncated capture: keep the verdict
                 self.notes.append(f"could not read memray's capture: {exc}")
         measured = o.cycles - o.warmup
+        if self.tracked:
+            for name in ("heap", "rss"):
+                ch = channels.get(name)
+                if ch is not None and ch.leaking and leaked_bytes < 0.25 * ch.growth:
+                    self.notes.append(
+                        f"{name} grew {ch.growth / 2**20:.1f} MiB but memray saw only "
+                        f"{leaked_bytes / 2**20:.1f} MiB still live: the rest is memory memray "
+                        "does not see (its own bookkeeping, which can grow with exceptions "
+                        "thrown into coroutines; malloc called through dlsym). Re-run with "
+                        "--no-memray (or trace_python_allocators=False) to tell them apart."
+                    )
         verdict = Verdict(
             bounded=not any(c.leaking for c in channels.values()),
             cycles=o.cycles,
@@ -657,30 +673,6 @@ class _Run:
         return verdict
 
 
-def _malloc_trim() -> None:
-    """Give the C heap's free pages back to the OS (glibc), so new native memory shows in RSS.
-
-    Without it a process that freed a lot before the measured cycles (an earlier soak, a
-    report) serves a native leak from pages already resident, and RSS does not move.
-    """
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None).malloc_trim
-            fn.argtypes = [ctypes.c_size_t]
-            fn.restype = ctypes.c_int
-            _TRIM = fn
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
-
-
 # -- timeouts --------------------------------------------------------------------------------------
 
 
@@ -705,9 +697,11 @@ def _alarm(seconds: float | None, run: _Run) -> Iterator[None]:
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
     old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     started = time.monotonic()
+    run.alarm_armed = True
     try:
         yield
     finally:
+        run.alarm_armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old_handler)
         if old_delay:
@@ -930,6 +924,9 @@ def _drive_sync(sc: Scenario, run: _Run) -> None:
         raise ScenarioError(f"setup of {sc.name} failed: {type(exc).__name__}: {exc}") from exc
     try:
         if _is_async_callable(workload.cycle):
+            if run.alarm_armed:  # let the loop's own timeout cancel the cycle cleanly first
+                left = max(0.001, run.deadline - time.perf_counter())
+                signal.setitimer(signal.ITIMER_REAL, left + run.HARD_STOP_GRACE)
             asyncio.run(_timed(run, _cycles_async(run, workload)))
         else:
             run.begin(workload)

@@ -279,15 +279,19 @@ class _CountedTransport:
 
 @scenario(
     "redis-outage",
-    cycles=2000,
-    warmup=400,  # RSS settles over the first few outages (sqlite's page cache, the C heap)
-    suite_cycles=1500,
+    cycles=1500,
+    warmup=150,
+    suite_cycles=1000,
     long_cycles=10_000,
     timeout=600,
+    # Exceptions thrown into coroutines on every outage corrupt memray's Python shadow stack
+    # (CPython gh-93592); with every pymalloc allocation traced, memray's own memory then
+    # grows about 1 KB per outage in this process. Malloc-level tracing keeps it flat.
+    trace_python_allocators=False,
     requires=("redis", "redis-server"),
 )
 async def redis_outage() -> AsyncIterator[Workload]:
-    """Recording to a real redis-server killed (SIGKILL) and restarted every 100 cycles."""
+    """Recording while a real redis-server is killed (SIGKILL) and restarted every 10 cycles."""
     from harness.faults import RedisServer
     from harness.simulate import message_event
     from waclient.recorders import InboundRecorder
@@ -302,8 +306,8 @@ async def redis_outage() -> AsyncIterator[Workload]:
         )  # fmt: skip
         spool = Spool(os.path.join(tmp, "spool.db"), max_records=50_000, max_bytes=64 * 2**20)
         recorder = InboundRecorder(
-            redis, spool=spool, max_buffer=500, batch_size=128, maxlen=20_000,
-            retry_initial=0.02, retry_max=0.2, probe_timeout=0.5,
+            redis, spool=spool, max_buffer=100, batch_size=32, spill_batch=32, maxlen=20_000,
+            retry_initial=0.01, retry_max=0.05, probe_timeout=0.5,
         )  # fmt: skip
         notes: list[str] = []
         try:
@@ -312,20 +316,19 @@ async def redis_outage() -> AsyncIterator[Workload]:
                 await recorder.start()
 
                 async def cycle(i: int) -> None:
-                    phase = i % 100
-                    if phase == 30:
+                    phase = i % 10
+                    if phase == 2:
                         await asyncio.to_thread(server.kill)
-                    elif phase == 70:
+                    elif phase == 7:
                         await asyncio.to_thread(server.restart)
                     await sim.emit(
-                        *(message_event(text=f"{i}/{j}", id=f"OUT{i:08d}{j}") for j in range(5))
+                        *(message_event(text=f"{i}/{j}", id=f"R{i:08d}{j}") for j in range(5))
                     )
                     await client.idle()
-                    if phase == 70 and not await recorder.flush(60):
+                    if phase == 7 and not await recorder.flush(60):
                         raise RuntimeError("the spool did not drain within 60 s of Redis's return")
 
                 yield Workload(cycle, [client.registry], notes=notes)
-                await recorder.flush(60)
                 st = recorder.stats()
                 notes.append(
                     f"recorder: {st.written} written, {st.replayed} replayed from the spool, "

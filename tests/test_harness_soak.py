@@ -56,19 +56,21 @@ def test_one_small_object_per_cycle_is_found_within_2000_cycles() -> None:
     assert "LEAK in py_blocks" in v.summary()
 
 
-def test_a_ctypes_buffer_kept_per_cycle_shows_in_rss_within_2000_cycles() -> None:
+def test_a_ctypes_buffer_kept_per_cycle_is_found_within_2000_cycles() -> None:
     kept: list[Any] = []
 
     def cycle(i: int) -> None:
         kept.append(ctypes.create_string_buffer(4096))  # the leak
 
     v = soak(cycle, cycles=2000)
-    assert "rss" in v.leaking_channels
-    assert 3500 < v.channels["rss"].slope_per_cycle < 6000
+    # The C heap sees it always; RSS when the allocator has no freed pages left to reuse
+    # (in a fresh process; here other tests ran before).
+    assert "heap" in v.leaking_channels
+    assert 3500 < v.channels["heap"].slope_per_cycle < 6000
     assert v.leak_sites[0].mentions(*line_of(cycle, "# the leak"))
 
 
-def test_native_memory_that_python_never_sees_is_found_in_rss() -> None:
+def test_native_memory_that_python_never_sees_is_found_in_the_c_heap() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
@@ -78,10 +80,12 @@ def test_native_memory_that_python_never_sees_is_found_in_rss() -> None:
         ctypes.memset(ptr, 1, 4096)  # touched, so resident
 
     v = soak(cycle, cycles=2000)
-    assert v.leaking_channels == ["rss"]
-    assert 3500 < v.channels["rss"].slope_per_cycle < 6000
+    assert "heap" in v.leaking_channels
+    assert not {"py_blocks", "gc_objects"} & set(v.leaking_channels)
+    assert 3500 < v.channels["heap"].slope_per_cycle < 6000
     # memray hooks malloc through the PLT of loaded libraries: a call through a pointer from
-    # dlsym (as ctypes makes it) is not seen, so RSS is the only witness here (docs/harness.md).
+    # dlsym (as ctypes makes it) is not seen, so the heap (and RSS) channels are the only
+    # witnesses here (docs/harness.md).
 
 
 async def test_async_cycles_and_a_task_left_per_cycle() -> None:
@@ -129,7 +133,7 @@ def test_an_lru_cache_filling_during_the_first_half_is_bounded(run: int) -> None
 
     v = soak(cycle, cycles=3000)
     assert v.bounded, v.summary()
-    assert v.channels["py_blocks"].kind == "plateau"
+    assert v.channels["py_blocks"].growth > 1000  # the cache did fill while measured
 
 
 @pytest.mark.parametrize("run", range(2))
@@ -185,7 +189,7 @@ def test_thresholds_are_per_channel_and_overridable() -> None:
     assert v.bounded and v.channels["py_blocks"].threshold == 5.0
     assert not v.tracked and v.leak_sites == []
     with pytest.raises(UsageError, match="unknown channel"):
-        soak(cycle, cycles=100, thresholds={"heap": 1.0}, memray=False)
+        soak(cycle, cycles=100, thresholds={"bogus": 1.0}, memray=False)
 
 
 def test_user_probes_are_channels_too() -> None:
@@ -242,21 +246,21 @@ def test_a_cycle_that_raises_is_reported_with_its_index() -> None:
 
 def test_a_hung_sync_cycle_times_out() -> None:
     def cycle(i: int) -> None:
-        if i == 50:
+        if i == 150:
             time.sleep(3600)
 
     with pytest.raises(SoakTimeout) as info:
-        soak(cycle, cycles=200, timeout=1.0)
-    assert info.value.cycle == 50
+        soak(cycle, cycles=300, timeout=4.0)
+    assert info.value.cycle == 150
 
 
 def test_a_hung_async_cycle_times_out_and_the_scenario_tears_down() -> None:
     torn_down = []
 
-    @scenario("hang", cycles=200)
+    @scenario("hang", cycles=300)
     async def setup() -> AsyncIterator[Workload]:
         async def cycle(i: int) -> None:
-            if i == 30:
+            if i == 150:
                 await asyncio.Event().wait()
 
         try:
@@ -265,8 +269,8 @@ def test_a_hung_async_cycle_times_out_and_the_scenario_tears_down() -> None:
             torn_down.append(True)
 
     with pytest.raises(SoakTimeout) as info:
-        soak(setup, timeout=1.0)
-    assert info.value.cycle == 30 and torn_down == [True]
+        soak(setup, timeout=4.0)
+    assert info.value.cycle == 150 and torn_down == [True]
 
 
 # -- the report ------------------------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""The built-in scenarios: the clean ones stay bounded, every mutant and the raw storm leak."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import UsageError, soak
+from harness.mutants import MUTANTS, bug_line
+from harness.scenarios import builtin_scenarios, resolve
+
+
+def test_every_scenario_of_the_design_is_built_in() -> None:
+    names = set(builtin_scenarios())
+    assert {
+        "reconnect",
+        "burst",
+        "redis-outage",
+        "scheduler-churn",
+        "neonize-storm-raw",
+        "neonize-storm-isolated",
+    } <= names
+    assert {m.name for m in MUTANTS} <= names
+    assert len(MUTANTS) == 5
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_each_mutant_leaks_on_its_channel_and_memray_names_its_line(mutant: object) -> None:
+    from harness.runner import Scenario
+
+    assert isinstance(mutant, Scenario) and mutant.bug is not None
+    v = soak(mutant, cycles=240, warmup=40)
+    assert set(mutant.expect_leak) <= set(v.leaking_channels), v.summary()
+    assert v.as_expected
+    assert any(site.mentions(*mutant.bug) for site in v.leak_sites), v.summary(sites=10)
+
+
+def test_bug_lines_point_at_the_bugs() -> None:
+    path, line = bug_line("listeners")
+    text = Path(path).read_text().splitlines()[line - 1]
+    assert "client.on(MessageEv" in text
+    with pytest.raises(LookupError):
+        bug_line("no-such-bug")
+
+
+def test_reconnect_is_bounded_with_two_lifetime_handlers() -> None:
+    v = soak(resolve("reconnect"), cycles=500, warmup=100)
+    assert v.bounded, v.summary()
+    assert v.timeline["listeners"].values[-1] == 2.0
+    assert v.channels["listeners"].kind == "flat"
+
+
+def test_burst_is_bounded() -> None:
+    v = soak(resolve("burst"), cycles=800, warmup=100)
+    assert v.bounded, v.summary()
+
+
+def test_the_raw_neonize_storm_leaks_rss_and_fds_at_about_the_known_rate() -> None:
+    v = soak(resolve("neonize-storm-raw"), cycles=160, warmup=20)
+    assert {"rss", "fds"} <= set(v.leaking_channels), v.summary()
+    kib = v.channels["rss"].slope_per_cycle / 1024
+    assert 100 < kib < 400, f"{kib:.0f} KiB per failed connect"  # FACTS.md: about 180 KB
+    assert v.channels["fds"].slope_per_cycle == pytest.approx(1.0)
+    assert v.as_expected
+
+
+def test_the_isolated_storm_keeps_this_process_flat() -> None:
+    v = soak(resolve("neonize-storm-isolated"), cycles=200, warmup=20)
+    assert not ({"rss", "fds", "threads", "tasks"} & set(v.leaking_channels)), v.summary()
+
+
+def test_scheduler_churn_is_bounded() -> None:
+    v = soak(resolve("scheduler-churn"), cycles=400, warmup=100)
+    assert v.bounded, v.summary()
+
+
+def test_redis_outage_records_everything_and_stays_bounded() -> None:
+    v = soak(resolve("redis-outage"), cycles=500, warmup=100)
+    assert v.bounded, v.summary()
+    assert any("0 dropped" in note for note in v.notes)
+
+
+def test_resolve_names_and_module_func(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "soakme.py").write_text("def cycle(i):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sc = resolve("soakme:cycle")
+    assert sc.name == "soakme:cycle"
+    with pytest.raises(UsageError, match="unknown scenario"):
+        resolve("nope")
+    with pytest.raises(UsageError, match="cannot import"):
+        resolve("no_such_module_here:f")
+    with pytest.raises(UsageError, match="no attribute"):
+        resolve("soakme:missing")
+    sys.modules.pop("soakme", None)
