@@ -206,9 +206,9 @@ def neonize_storm_raw() -> Iterator[Workload]:
 
 @scenario(
     "neonize-storm-isolated",
-    cycles=400,
-    warmup=40,
-    suite_cycles=400,
+    cycles=1000,  # py_blocks rises a little per attempt until each recycle: many recycles
+    warmup=100,
+    suite_cycles=1000,
     long_cycles=3000,
     timeout=600,
     requires=("neonize",),
