@@ -16,14 +16,14 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, against a real Redis server started by the fixtures."""
-    _install(session, "dev,harness")
+    _install(session, "dev,harness,host")
     session.run("pytest", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff, and mypy (strict on waclient/)."""
-    _install(session, "dev,harness")
+    _install(session, "dev,harness,host")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "waclient")
