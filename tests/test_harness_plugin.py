@@ -168,5 +168,5 @@ def test_async_tests_use_run_async(tests_dir: pytest.Pytester) -> None:
 
 
 def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--markers")
+    result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(["*@pytest.mark.soak(cycles=None*"])
