@@ -163,6 +163,18 @@ async def test_recycles_after_a_number_of_failed_attempts(
     assert transport.recycles == 4 and transport.starts == 5
 
 
+async def test_recycles_before_the_leaked_descriptors_pile_up(
+    tmp_path: Path, socks5_refuser: Socks5Refuser
+) -> None:
+    transport = IsolatedTransport(
+        tmp_path / "s.db", proxy=socks5_refuser.address, rss_budget=None, max_worker_fds=40
+    )
+    async with Client(transport, backoff=NO_WAIT, max_failures=120) as client:
+        await client.wait_for(ClientState.FAILED, timeout=120)
+    # neonize leaks one descriptor per failed connect; the worker starts with fewer than 40.
+    assert transport.recycles >= 2 and transport.crashes == 0
+
+
 def test_the_worker_dies_with_its_parent(tmp_path: Path) -> None:
     program = textwrap.dedent(
         f"""

@@ -4,9 +4,10 @@ Every failed neonize connect retains native memory in the Go core that no Python
 (docs/facts.md); only ending the process gives it back. So the WhatsApp session runs in a worker
 process: the Go side's events travel to this process as ``(event code, protobuf bytes)`` over a
 pipe and are decoded here with the same neonize types; sends are requests to the worker. Between
-connection attempts the worker is recycled (asked to exit, then a new one started) when its RSS
-has passed ``rss_budget`` or after ``recycle_after_failures`` failed attempts; the session
-database on disk survives, so a paired session stays paired.
+connection attempts the worker is recycled (asked to exit, then a new one started) when one more
+attempt could take its RSS past ``rss_budget``, when it holds ``max_worker_fds`` descriptors, or
+after ``recycle_after_failures`` failed attempts; the session database on disk survives, so a
+paired session stays paired.
 
 A worker that dies is noticed by the pipe closing; one that hangs, by missed heartbeats (it is
 then killed). Requests in flight fail with :class:`~waclient.transport.TransportError`, never
@@ -82,6 +83,7 @@ class IsolatedTransport:
         proxy: str | None = None,
         rss_budget: int | None = 150 * 2**20,
         recycle_after_failures: int | None = None,
+        max_worker_fds: int | None = 512,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         request_timeout: float = 30.0,
@@ -92,6 +94,9 @@ class IsolatedTransport:
         self.spec = _WorkerSpec(worker, str(database), name, proxy)
         self.rss_budget = rss_budget
         self.recycle_after_failures = recycle_after_failures
+        # neonize also leaks a file descriptor per failed connect (docs/facts.md): with a
+        # large RSS budget the worker would run out of descriptors first.
+        self.max_worker_fds = max_worker_fds
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
@@ -232,6 +237,9 @@ class IsolatedTransport:
                 f"({self.largest_step >> 10} KiB) would pass the budget of "
                 f"{self.rss_budget >> 20} MiB"
             )
+        fds = worker.num_fds()
+        if self.max_worker_fds is not None and fds >= self.max_worker_fds:
+            return f"{fds} open file descriptors (limit {self.max_worker_fds})"
         limit = self.recycle_after_failures
         if limit is not None and self._failed_since_start >= limit:
             return f"{self._failed_since_start} failed attempts"
@@ -412,6 +420,16 @@ class _Worker:
             if self._psutil is None:
                 self._psutil = psutil.Process(self.process.pid)
             return int(self._psutil.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def num_fds(self) -> int:
+        if not self.alive or self.process is None:
+            return 0
+        try:
+            if self._psutil is None:
+                self._psutil = psutil.Process(self.process.pid)
+            return int(self._psutil.num_fds())
         except psutil.Error:
             return 0
 
