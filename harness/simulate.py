@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import os
 import queue
 import threading
 import time
@@ -91,6 +92,8 @@ class SimulatedTransport:
         self._last_ended: SimSession | None = None
         self._changed = asyncio.Event()
         self._ids = itertools.count(1)
+        # Unique per instance: a restarted host must not reuse ids that recorders deduplicate.
+        self._id_prefix = os.urandom(4).hex().upper()
         # The neonize client is only a decoder here: it is never connected.
         self._neonize = NewClient(f"{name}.db", uuid=name)
         self._uuid = name.encode()
@@ -136,7 +139,9 @@ class SimulatedTransport:
         if self.fail_sends:
             raise TransportError("simulated send failure")
         number = next(self._ids)
-        sent = SentMessage(id=f"SIM{number:016X}", chat=chat, text=text, timestamp=int(time.time()))
+        sent = SentMessage(
+            id=f"SIM{self._id_prefix}{number:08X}", chat=chat, text=text, timestamp=int(time.time())
+        )
         self.sent.append(sent)
         self.sent_count += 1
         return sent

@@ -41,6 +41,7 @@ async def test_events_and_sends_cross_the_process_boundary(tmp_path: Path) -> No
         await client.idle()
         sent = await client.send_text("15550000003@s.whatsapp.net", "reply")
         assert sent.id.startswith("ISO") and sent.text == "reply"
+        assert await transport.pair_phone("+1 555 000 1234") == "50001234"
     assert texts == ["over the pipe"] * 3
     assert transport.worker_pid is None and not _zombies()
 

@@ -167,6 +167,12 @@ class IsolatedTransport:
         message_id, timestamp = reply
         return SentMessage(id=message_id, chat=chat, text=text, timestamp=timestamp)
 
+    async def pair_phone(self, phone: str) -> str:
+        """A pairing code to link this session by phone number (the session must be running)."""
+        if self._ended is None:
+            raise TransportError("not connected: no session is running")
+        return str(await self._request("pair", phone))
+
     async def close(self) -> None:
         self._closed = True
         await self.stop()
@@ -546,6 +552,10 @@ def _worker_main(conn: Connection, spec: _WorkerSpec) -> None:
             _, request_id, chat, text = message
             send = functools.partial(go.send, chat, text)
             threading.Thread(target=request, args=(request_id, send), daemon=True).start()
+        elif kind == "pair":
+            _, request_id, phone = message
+            pair = functools.partial(go.pair, phone)
+            threading.Thread(target=request, args=(request_id, pair), daemon=True).start()
         elif kind in ("emit", "disconnect"):
             request(message[1], functools.partial(go.debug, kind, *message[2:]))
         elif kind == "exit":
@@ -570,6 +580,9 @@ class _GoSide:
         raise NotImplementedError
 
     def send(self, chat: str, text: str) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def pair(self, phone: str) -> str:
         raise NotImplementedError
 
     def debug(self, kind: str, *args: Any) -> None:
@@ -619,6 +632,9 @@ class _NeonizeGo(_GoSide):
         response = self.client.send_message(jid, text)
         return str(response.ID), int(response.Timestamp)
 
+    def pair(self, phone: str) -> str:
+        return str(self.client.PairPhone(phone, True))
+
 
 class _SimulatedGo(_GoSide):
     """A scripted Go side in the worker: connects, emits what it is asked, sends instantly."""
@@ -639,6 +655,10 @@ class _SimulatedGo(_GoSide):
 
     def send(self, chat: str, text: str) -> tuple[str, int]:
         return f"ISO{next(self.sends):016X}", int(time.time())
+
+    def pair(self, phone: str) -> str:
+        digits = "".join(c for c in phone if c.isdigit())
+        return (digits[-8:] or "0").rjust(8, "0")
 
     def debug(self, kind: str, *args: Any) -> None:
         if kind == "emit":

@@ -615,11 +615,19 @@ class Scheduler:
     async def _run(self) -> None:
         stop = self._stop
         assert stop is not None
+        failing = False
         while not stop.is_set():
             try:
                 await self.tick()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("scheduler %s: tick failed: %s", self.namespace, self.last_error)
+                # Once per streak of failures (a Redis outage), not once per poll.
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "scheduler %s: tick failed: %s", self.namespace, self.last_error)
+                failing = True
+            else:
+                if failing:
+                    log.info("scheduler %s: ticking again", self.namespace)
+                failing = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)

@@ -174,6 +174,17 @@ class NeonizeTransport:
             id=str(response.ID), chat=chat, text=text, timestamp=int(response.Timestamp)
         )
 
+    async def pair_phone(self, phone: str) -> str:
+        """A pairing code to link this session by phone number (the session must be running)."""
+        if not self._running.is_set():
+            raise TransportError("not connected: no session is running")
+        loop = asyncio.get_running_loop()
+        try:
+            code = await loop.run_in_executor(self._pool(), self._client.PairPhone, phone, True)
+        except Exception as exc:
+            raise TransportError(f"pairing failed: {exc}") from exc
+        return str(code)
+
     async def close(self) -> None:
         await self.stop()
         if self._executor is not None:
