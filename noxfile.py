@@ -27,6 +27,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "waclient")
+    session.run("mypy", "harness")
 
 
 @nox.session
