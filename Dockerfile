@@ -18,6 +18,11 @@ RUN python -m venv /opt/venv \
 
 # -- runtime: the venv, a non-root user, nothing else -------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# neonize imports python-magic, which loads libmagic at import time.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmagic1 \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin waclient \
  && mkdir -p /data \
  && chown waclient:waclient /data
