@@ -152,3 +152,20 @@ async def test_health_probe_with_fakeredis_outage() -> None:
 def test_health_probe_rejects_bad_timeout() -> None:
     with pytest.raises(ValueError):
         RedisHealth(fakeredis.FakeAsyncRedis(), timeout=0)
+
+
+def test_is_unavailable_tells_outages_from_bugs() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from waclient.redis import is_unavailable
+
+    closed = RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False>; "
+        "the handler is closed"
+    )
+    assert is_unavailable(RedisConnectionError("refused"))
+    assert is_unavailable(ConnectionResetError())
+    assert is_unavailable(TimeoutError())
+    assert is_unavailable(closed)
+    assert not is_unavailable(RuntimeError("a bug"))
+    assert not is_unavailable(ValueError("bad cron"))

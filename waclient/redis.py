@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["HealthStatus", "RedisHealth", "open_redis"]
+__all__ = ["HealthStatus", "RedisHealth", "is_unavailable", "open_redis"]
 
 
 def open_redis(
@@ -142,3 +142,15 @@ class RedisHealth:
             failures=0 if up else (previous.failures + 1 if previous else 1),
         )
         return self._status
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis could not be reached, not that the request was wrong.
+
+    Besides redis-py's own errors and socket errors, a connection torn down mid-command can
+    surface from asyncio as ``RuntimeError("unable to perform operation on <TCPTransport
+    closed=True ...>; the handler is closed")``, which redis-py lets through unwrapped.
+    """
+    if isinstance(exc, RedisError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)

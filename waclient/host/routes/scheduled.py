@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from redis.exceptions import RedisError
 
+from waclient.redis import is_unavailable
 from waclient.scheduler import Scheduler, SchedulerError, TooManyJobsError
 
 from ..config import Settings
@@ -36,7 +36,9 @@ def _scheduler(host: Any) -> Scheduler:
 async def _redis_errors() -> AsyncIterator[None]:
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
         raise ApiError(
             503,
             f"Redis is unavailable ({type(exc).__name__}); retry later",
