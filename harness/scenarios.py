@@ -220,10 +220,11 @@ async def neonize_storm_isolated() -> AsyncIterator[Workload]:
     from waclient.isolation import IsolatedTransport
 
     with tempfile.TemporaryDirectory(prefix="soak-isolated-") as tmp, Socks5Refuser() as refuser:
-        # A small budget, so the run sees the worker recycled several times.
+        # A small budget by default, so the run sees the worker recycled several times.
+        budget_mib = int(os.environ.get("WACLIENT_SOAK_WORKER_BUDGET_MIB", "112"))
         inner = IsolatedTransport(
             os.path.join(tmp, "storm.db"), name="soak-isolated", proxy=refuser.address,
-            rss_budget=112 * 2**20,
+            rss_budget=budget_mib * 2**20,
         )  # fmt: skip
         transport = _CountedTransport(inner)
         client = Client(transport, backoff=Backoff(0, 0, jitter=0), max_failures=1_000_000_000)
@@ -239,7 +240,8 @@ async def neonize_storm_isolated() -> AsyncIterator[Workload]:
             stats = inner.stats()
             notes.append(
                 f"worker: {stats.starts} started, {stats.recycles} recycled, {stats.crashes} "
-                f"crashed, largest RSS {stats.max_rss / 2**20:.0f} MiB (budget 112 MiB)"
+                f"crashed, largest RSS {stats.max_rss / 2**20:.1f} MiB (budget {budget_mib} MiB), "
+                f"largest one-attempt step {inner.largest_step / 2**20:.1f} MiB"
             )
 
 
