@@ -169,3 +169,18 @@ def test_is_unavailable_tells_outages_from_bugs() -> None:
     assert is_unavailable(closed)
     assert not is_unavailable(RuntimeError("a bug"))
     assert not is_unavailable(ValueError("bad cron"))
+
+
+async def test_health_probe_reports_a_torn_down_connection_as_down() -> None:
+    from typing import Any
+
+    from waclient.redis import RedisHealth
+
+    class Torn:
+        async def ping(self) -> Any:
+            raise RuntimeError(
+                "unable to perform operation on <TCPTransport>; the handler is closed"
+            )
+
+    status = await RedisHealth(Torn()).check()  # type: ignore[arg-type]
+    assert not status.up and "handler is closed" in (status.last_error or "")

@@ -127,7 +127,9 @@ class RedisHealth:
                 await self.redis.ping()
         except TimeoutError:
             error = f"timeout: no PONG within {self.timeout:g}s"
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
             error = f"{type(exc).__name__}: {exc}"
         now = time.time()
         previous = self._status
