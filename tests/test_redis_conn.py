@@ -172,7 +172,6 @@ def test_is_unavailable_tells_outages_from_bugs() -> None:
 
 
 async def test_health_probe_reports_a_torn_down_connection_as_down() -> None:
-    from typing import Any
 
     from waclient.redis import RedisHealth
 
