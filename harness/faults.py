@@ -430,15 +430,7 @@ class FaultProxy:
                 return self
             if self._stopping:
                 raise RuntimeError("FaultProxy was stopped; create a new one")
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                listener.bind((LOOPBACK, self._requested_port))
-                listener.listen(128)
-            except OSError:
-                listener.close()
-                raise
-            listener.setblocking(False)
+            listener = _listen(self._requested_port, 128)
             self._listener = listener
             self._port = listener.getsockname()[1]
             thread = threading.Thread(
@@ -775,15 +767,7 @@ class Socks5Refuser:
                 return self
             if self._stopping:
                 raise RuntimeError("Socks5Refuser was stopped; create a new one")
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                listener.bind((LOOPBACK, self._requested_port))
-                listener.listen(64)
-            except OSError:
-                listener.close()
-                raise
-            listener.setblocking(False)
+            listener = _listen(self._requested_port, 64)
             self._listener = listener
             self._port = listener.getsockname()[1]
             self._thread = threading.Thread(
@@ -955,3 +939,17 @@ def _resp_command(port: int, args: Sequence[str], timeout: float) -> bytes:
             if len(buf) > 65536:
                 raise ConnectionError("reply line too long")
         return buf.split(b"\r\n", 1)[0]
+
+
+def _listen(port: int, backlog: int) -> socket.socket:
+    """A non-blocking loopback listening socket (port 0 picks a free one)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((LOOPBACK, port))
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    listener.setblocking(False)
+    return listener
