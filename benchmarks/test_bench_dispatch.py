@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from conftest import record_median, report_ratio
 
-from harness.simulate import message_event
 from waclient import HandlerRegistry
 from waclient.events import MessageEv, event_code
-from waclient.transport import install_bridge
+from waclient.transports.session import install_bridge
+from waclient.transports.simulated import message_event
 
 CODE = event_code(MessageEv)
 report_ratio("full path / neonize execute (Message, 1 handler)", "waclient", "neonize", 1.5)

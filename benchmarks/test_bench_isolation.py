@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from conftest import record_median, report_ratio
 
-from harness.simulate import SimulatedTransport, message_event
 from waclient import Backoff, Client, ClientState
 from waclient.events import MessageEv
-from waclient.isolation import IsolatedTransport
+from waclient.transports.isolated import IsolatedTransport
+from waclient.transports.simulated import SimulatedTransport, message_event
 
 EVENTS = 2000
 report_ratio("isolated / in-process (Message events per second)", "in-process", "isolated", 0.25)
@@ -36,7 +36,7 @@ def test_event_throughput(
         transport: Any = IsolatedTransport(tmp_path / "bench.db", worker="simulated")
 
         async def emit() -> None:
-            await transport.debug_emit(event, EVENTS)
+            await transport.emit(event, repeat=EVENTS)
     else:
         transport = SimulatedTransport()
 

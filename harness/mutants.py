@@ -81,9 +81,9 @@ async def offline_buffer() -> AsyncIterator[Workload]:
     from redis.exceptions import RedisError
 
     from harness.faults import RedisServer
-    from harness.simulate import message_event
     from waclient.events import MessageEv
     from waclient.redis import open_redis
+    from waclient.transports.simulated import message_event
 
     with RedisServer() as server:
         server.start()

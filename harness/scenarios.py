@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 from harness.runner import Scenario, UsageError, Workload, as_scenario, scenario
 
 if TYPE_CHECKING:
-    from harness.simulate import SimulatedTransport
     from waclient import Client
+    from waclient.transports.simulated import SimulatedTransport
 
 __all__ = ["builtin_scenarios", "client_rig", "reconnect_cycle", "resolve"]
 
@@ -53,11 +53,11 @@ async def client_rig(
 
     ``n`` is the number of the first session, already live (Connected is on its way).
     """
-    from harness.simulate import SimulatedTransport
     from waclient import Backoff, Client
+    from waclient.transports.simulated import SimulatedTransport
 
-    # A short sent-message log: it fills during the warm-up, not the measured cycles.
-    sim = SimulatedTransport(auto_connect=True, name=name, sent_log=20)
+    # A short call log: it fills during the warm-up, not the measured cycles.
+    sim = SimulatedTransport(auto_connect=True, name=name, call_log=20)
     client = Client(
         sim,
         backoff=Backoff(0, 0, jitter=0),
@@ -71,7 +71,7 @@ async def client_rig(
 
 def reconnect_cycle(client: Client, sim: SimulatedTransport, first: int, messages: int = 20) -> Any:
     """A cycle: wait for the next session, ``messages`` messages, Disconnected, all dispatched."""
-    from harness.simulate import message_event
+    from waclient.transports.simulated import message_event
 
     chats = [f"1555000{n:04d}@s.whatsapp.net" for n in range(8)]
 
@@ -136,8 +136,8 @@ async def reconnect() -> AsyncIterator[Workload]:
 @scenario("burst", cycles=2000, suite_cycles=2000, long_cycles=10_000, timeout=600)
 async def burst() -> AsyncIterator[Workload]:
     """Event bursts every 50 cycles, held for 10 cycles, then freed; a bounded window otherwise."""
-    from harness.simulate import message_event
     from waclient.events import MessageEv
+    from waclient.transports.simulated import message_event
 
     async with client_rig(name="soak-burst") as (client, sim, _first):
         window: deque[Any] = deque(maxlen=200)
@@ -217,7 +217,7 @@ async def neonize_storm_isolated() -> AsyncIterator[Workload]:
     """The same storm through IsolatedTransport: the worker is recycled, this process stays flat."""
     from harness.faults import Socks5Refuser
     from waclient import Backoff, Client
-    from waclient.isolation import IsolatedTransport
+    from waclient.transports.isolated import IsolatedTransport
 
     with tempfile.TemporaryDirectory(prefix="soak-isolated-") as tmp, Socks5Refuser() as refuser:
         # A small budget by default, so the run sees the worker recycled several times.
@@ -269,8 +269,8 @@ class _CountedTransport:
     async def stop(self) -> None:
         await self.inner.stop()
 
-    async def send_text(self, chat: str, text: str) -> Any:
-        return await self.inner.send_text(chat, text)
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.inner.call(method, *args, **kwargs)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -295,10 +295,10 @@ class _CountedTransport:
 async def redis_outage() -> AsyncIterator[Workload]:
     """Recording while a real redis-server is killed (SIGKILL) and restarted every 10 cycles."""
     from harness.faults import RedisServer
-    from harness.simulate import message_event
     from waclient.recorders import InboundRecorder
     from waclient.redis import open_redis
     from waclient.spool import Spool
+    from waclient.transports.simulated import message_event
 
     with tempfile.TemporaryDirectory(prefix="soak-redis-") as tmp, RedisServer() as server:
         server.start()

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.simulate import (
+from waclient import Backoff, Client, ClientState, NotConnectedError, SentMessage
+from waclient.events import ConnectedEv, DisconnectedEv, Event, MessageEv
+from waclient.transports.simulated import (
     SimulatedTransport,
     client_outdated_event,
     logged_out_event,
@@ -17,8 +19,6 @@ from harness.simulate import (
     stream_replaced_event,
     temporary_ban_event,
 )
-from waclient import Backoff, Client, ClientState, NotConnectedError, SentMessage
-from waclient.events import ConnectedEv, DisconnectedEv, Event, MessageEv
 
 NO_WAIT = Backoff(0, 0, jitter=0)
 
@@ -114,7 +114,7 @@ async def test_send_text_dispatches_sent_message() -> None:
         client.on(SentMessage, sent.append)
         await client.wait_for(ClientState.CONNECTED, timeout=10)
         result = await client.send_text("15550000002@s.whatsapp.net", "hi")
-        assert sent == [result] and result.text == "hi" and sim.sent_count == 1
+        assert sent == [result] and result.text == "hi" and sim.whatsapp.count("send_message") == 1
         await sim.disconnect()
         await client.wait_for(ClientState.CONNECTING, ClientState.CONNECTED, timeout=10)
     with pytest.raises(NotConnectedError):

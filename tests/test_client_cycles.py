@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import weakref
 
-from harness.simulate import SimulatedTransport, message_event
 from waclient import Backoff, Client, ClientState
 from waclient.events import ConnectedEv, DisconnectedEv, Event, MessageEv, ReceiptEv
+from waclient.transports.simulated import SimulatedTransport, message_event
 
 CYCLES = 10_000
 EVENTS_PER_CYCLE = 20

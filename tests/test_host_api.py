@@ -18,9 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.faults import RedisServer
-from harness.simulate import SimulatedTransport
 from waclient.host import create_app, load_settings
 from waclient.host.testing import RunningServer, serve
+from waclient.transports.simulated import SimulatedTransport
 
 KEY = "test-key-0123456789abcdef"
 OTHER_KEY = "second-key-0123456789abcdef"
@@ -428,7 +428,7 @@ def test_qr_is_not_offered_once_connected(api: httpx.Client, running: RunningSer
 
 def test_qr_present_as_text_and_png(tmp_path: Path, redis_url: str) -> None:
     sim = SimulatedTransport(auto_connect=False)  # a session waiting to be paired
-    sim.latest_qr = "2@abcdef,ghijkl,mnopqr,stuvwx"  # type: ignore[attr-defined]
+    sim.latest_qr = "2@abcdef,ghijkl,mnopqr,stuvwx"
     with (
         serve(create_app(make_settings(tmp_path, redis_url), transport=sim)) as srv,
         httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}) as api,
@@ -446,27 +446,41 @@ def test_pair_code_bad_phone_is_422(api: httpx.Client, phone: str) -> None:
     assert r.status_code == 422 and "phone" in r.json()["message"]
 
 
-def test_pair_code_unsupported_is_409(api: httpx.Client) -> None:
-    r = api.post("/session/pair-code", json={"phone": PHONE})
-    assert r.status_code == 409 and r.json()["error"] == "pair_code_unsupported"
+class NoPairing:
+    """A transport without the Pairing capability: everything else is a simulated one's."""
+
+    def __init__(self) -> None:
+        self.inner = SimulatedTransport()
+
+    async def run(self, sink: Any) -> None:
+        await self.inner.run(sink)
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await self.inner.call(method, *args, **kwargs)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def test_pair_code_unsupported_is_409(tmp_path: Path, redis_url: str) -> None:
+    app = create_app(make_settings(tmp_path, redis_url), transport=NoPairing())
+    with serve(app) as srv, httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}) as api:
+        wait_ready(api)
+        r = api.post("/session/pair-code", json={"phone": PHONE})
+        assert r.status_code == 409 and r.json()["error"] == "pair_code_unsupported"
+        assert api.get("/session").json()["pair_code_supported"] is False
 
 
 def test_pair_code_with_a_transport_that_pairs(api: httpx.Client, running: RunningServer) -> None:
-    transport = running.app.state.host.transport
-    asked: list[str] = []
-
-    async def pair_phone(phone: str) -> str:
-        asked.append(phone)
-        return "ABCD-EFGH"
-
-    transport.pair_phone = pair_phone
-    try:
-        r = api.post("/session/pair-code", json={"phone": PHONE})
-        assert r.status_code == 200 and r.json() == {"code": "ABCD-EFGH"}
-        assert asked == ["15551234567"]
-        assert api.get("/session").json()["pair_code_supported"] is True
-    finally:
-        del transport.pair_phone
+    sim = running.app.state.host.transport
+    before = sim.whatsapp.count("PairPhone")
+    r = api.post("/session/pair-code", json={"phone": PHONE})
+    assert r.status_code == 200 and r.json() == {"code": "51234567"}  # the simulated code
+    assert sim.whatsapp.count("PairPhone") == before + 1
+    assert api.get("/session").json()["pair_code_supported"] is True
 
 
 def test_huge_streamed_body_is_refused_and_the_host_survives(api: httpx.Client) -> None:

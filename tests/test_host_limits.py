@@ -14,11 +14,10 @@ import pytest
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 
 from harness.faults import FaultProxy
-from harness.simulate import SimulatedTransport
 from waclient.host import create_app
 from waclient.host.limits import RateLimiter
 from waclient.host.testing import serve
-from waclient.transport import SentMessage
+from waclient.transports.simulated import SimulatedTransport
 
 MSG = {"to": PHONE, "text": "hi"}
 
@@ -119,7 +118,7 @@ def test_not_connected_is_503(tmp_path: Path, redis_url: str) -> None:
 
 def test_send_failure_is_502(tmp_path: Path, redis_url: str) -> None:
     sim = SimulatedTransport()
-    sim.fail_sends = True
+    sim.whatsapp.fail("send_message", "simulated send failure")
     app = create_app(make_settings(tmp_path, redis_url), transport=sim)
     with serve(app) as srv, client_for(srv.url) as api:
         wait_ready(api)
@@ -129,7 +128,7 @@ def test_send_failure_is_502(tmp_path: Path, redis_url: str) -> None:
 
 
 class ExplodingTransport(SimulatedTransport):
-    async def send_text(self, chat: str, text: str) -> SentMessage:
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals: /etc/passwd")
 
 

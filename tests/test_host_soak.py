@@ -282,7 +282,7 @@ async def run_host_soak(
         nonlocal cut, outages
         generation = client.generation
         reconnected.clear()
-        await transport.debug_disconnect()
+        await transport.disconnect()
         while not (client.generation > generation and client.state is ClientState.CONNECTED):
             reconnected.clear()
             await asyncio.wait_for(reconnected.wait(), 60)

@@ -14,10 +14,10 @@ import psutil
 import pytest
 
 from harness.faults import Socks5Refuser
-from harness.simulate import message_event
 from waclient import Backoff, Client, ClientState, TransportError
 from waclient.events import ConnectedEv, Event, MessageEv
-from waclient.isolation import IsolatedTransport
+from waclient.transports.isolated import IsolatedTransport
+from waclient.transports.simulated import message_event
 
 NO_WAIT = Backoff(0, 0, jitter=0)
 
@@ -37,10 +37,10 @@ async def test_events_and_sends_cross_the_process_boundary(tmp_path: Path) -> No
         client.on(MessageEv, lambda ev: texts.append(ev.Message.conversation))
         await client.wait_for(ClientState.CONNECTED, timeout=60)
         assert transport.worker_pid not in (None, os.getpid())
-        await transport.debug_emit(message_event(text="over the pipe", id="A1"), count=3)
+        await transport.emit(message_event(text="over the pipe", id="A1"), repeat=3)
         await client.idle()
         sent = await client.send_text("15550000003@s.whatsapp.net", "reply")
-        assert sent.id.startswith("ISO") and sent.text == "reply"
+        assert sent.text == "reply" and sent.kind == "text" and sent.chat.startswith("1555")
         assert await transport.pair_phone("+1 555 000 1234") == "50001234"
     assert texts == ["over the pipe"] * 3
     assert transport.worker_pid is None and not _zombies()
@@ -70,7 +70,7 @@ async def test_sigkill_of_the_worker_reconnects_through_a_new_one(tmp_path: Path
         assert transport.worker_pid not in (None, first)
         assert transport.crashes == 1 and transport.starts == 2
         assert client.listener_count() == 5 and client.generation == 2
-        await transport.debug_emit(message_event(text="after"), count=1)
+        await transport.emit(message_event(text="after"))
         await client.idle()
         assert seen == ["after"]
     assert not _zombies()
@@ -126,7 +126,7 @@ async def test_requests_in_flight_fail_when_the_worker_dies(tmp_path: Path) -> N
         with pytest.raises(TransportError, match="died"):
             await send
     with pytest.raises(TransportError, match="no session"):
-        await transport.send_text("15550000005@s.whatsapp.net", "closed")
+        await transport.call("send_message", "15550000005@s.whatsapp.net", "closed")
 
 
 async def test_recycles_on_the_rss_budget_with_real_neonize_failures(
@@ -180,7 +180,7 @@ def test_the_worker_dies_with_its_parent(tmp_path: Path) -> None:
     program = textwrap.dedent(
         f"""
         import asyncio, sys
-        from waclient.isolation import IsolatedTransport
+        from waclient.transports.isolated import IsolatedTransport
         from waclient import Client, ClientState, Backoff
 
         async def main():
@@ -212,5 +212,5 @@ def test_the_worker_dies_with_its_parent(tmp_path: Path) -> None:
 async def test_debug_hooks_need_the_simulated_worker(tmp_path: Path) -> None:
     transport = IsolatedTransport(tmp_path / "s.db")
     with pytest.raises(TransportError, match="simulated"):
-        await transport.debug_emit(message_event())
+        await transport.emit(message_event())
     await transport.close()

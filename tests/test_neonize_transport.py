@@ -51,7 +51,7 @@ async def test_supervisor_retries_real_failures_with_backoff_then_fails(
 
 def test_bridge_installs_one_handler_per_supported_event(tmp_path: object) -> None:
     transport = NeonizeTransport(f"{tmp_path}/session.db", name="bridge")
-    installed = transport._client.event.list_func
+    installed = transport._session.client.event.list_func
     assert set(installed) == {event_code(t) for t in SUPPORTED_EVENTS}
     assert len({id(fn) for fn in installed.values()}) == 1  # ONE bridge, not a weak method
     assert all(callable(fn) for fn in installed.values())

@@ -14,7 +14,6 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from redis.asyncio import Redis
 
 from harness.faults import FaultProxy, RedisServer
-from harness.simulate import SimulatedTransport, message_event
 from waclient import Backoff, Client, ClientState, SentMessage
 from waclient.events import MessageEv
 from waclient.recorders import (
@@ -27,6 +26,7 @@ from waclient.recorders import (
 )
 from waclient.redis import open_redis
 from waclient.spool import Spool
+from waclient.transports.simulated import SimulatedTransport, message_event
 
 FAST: dict[str, Any] = {"retry_initial": 0.01, "retry_max": 0.1, "probe_timeout": 0.3}
 

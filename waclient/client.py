@@ -37,9 +37,14 @@ from waclient.events import (
     LoggedOutEv,
     StreamReplacedEv,
     TemporaryBanEv,
+    is_event_type,
 )
 from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
-from waclient.transport import EventSink, SentMessage, Transport, TransportError
+from waclient.inbox import InboxBudget
+from waclient.messages import jid_to_str, message_kind, message_text, to_jid
+from waclient.transports import calls
+from waclient.transports.base import EventSink, SentMessage, Transport, TransportError
+from waclient.whatsapp import WhatsApp
 
 __all__ = ["Backoff", "Client", "ClientState", "NotConnectedError", "StateChange"]
 
@@ -141,11 +146,16 @@ class Backoff:
         return ceiling * (1.0 - self.jitter * r)
 
 
-class Client:
-    """A WhatsApp client on any :class:`~waclient.transport.Transport`.
+class Client(WhatsApp):
+    """A WhatsApp client on any :class:`~waclient.transports.Transport`.
 
     Use ``async with Client(transport) as client:``; or ``await client.start()`` and
-    ``await client.close()``.
+    ``await client.close()``. The WhatsApp methods (``send_image``, ``reply``, ``group_info``,
+    ...) come from :class:`~waclient.whatsapp.WhatsApp`; :meth:`call` reaches every other
+    public neonize method by name.
+
+    ``inbox_size`` and ``inbox_bytes`` bound the events waiting for the loop, in count and in
+    bytes; ``max_media_bytes`` the media a send or download may hold in memory.
     """
 
     def __init__(
@@ -158,17 +168,21 @@ class Client:
         max_listeners: int | None = 100,
         strict_listeners: bool = False,
         inbox_size: int = 1024,
+        inbox_bytes: int = 64 * 2**20,
+        max_media_bytes: int = 64 * 2**20,
         rng: random.Random | None = None,
     ) -> None:
         if max_failures < 1:
             raise ValueError("max_failures must be >= 1")
-        if inbox_size < 1:
-            raise ValueError("inbox_size must be >= 1")
+        if inbox_size < 1 or inbox_bytes < 1:
+            raise ValueError("inbox_size and inbox_bytes must be >= 1")
         self.transport = transport
         self.backoff = backoff or Backoff()
         self.max_failures = max_failures
         self.reconnect_grace = reconnect_grace
-        self.registry = HandlerRegistry(max_listeners, strict=strict_listeners, name="client")
+        self.registry = HandlerRegistry(
+            max_listeners, strict=strict_listeners, name="client", accepts=_client_event_type
+        )
         self.state = ClientState.IDLE
         self.generation = 0
         """The number of the current (or last) session attempt."""
@@ -178,12 +192,12 @@ class Client:
         self.stale_events = 0
         """Events of an older generation (or after their session ended), dropped."""
         self.last_error: str | None = None
+        self.max_media_bytes = max_media_bytes
         self._rng = rng or random.Random()
         self._lifetime = self.registry.scope("client")
         self._connection: Scope | None = None
-        self._inbox_size = inbox_size
-        self._slots = threading.BoundedSemaphore(inbox_size)
-        self._inbox: asyncio.Queue[tuple[int, object]] | None = None
+        self._budget = InboxBudget(inbox_size, inbox_bytes)
+        self._inbox: asyncio.Queue[tuple[int, object, int]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._accepting: int | None = None
@@ -247,7 +261,11 @@ class Client:
         self._fail_waiters()
 
     def on(self, event_type: type[E], handler: Handler[E]) -> Subscription[E]:
-        """Register a handler for the client's whole life."""
+        """Register a handler for the client's whole life.
+
+        ``event_type`` is a neonize event type (:mod:`waclient.events`), ``SentMessage`` or
+        ``StateChange``; anything else would never fire and raises ``TypeError``.
+        """
         return self._lifetime.on(event_type, handler)
 
     @property
@@ -270,11 +288,25 @@ class Client:
         """Live handlers of the client, of one event type or of all."""
         return self.registry.count(event_type)
 
-    async def send_text(self, chat: str, text: str) -> SentMessage:
-        """Send a text message; after it is sent, ``SentMessage`` is dispatched to handlers."""
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call any public neonize ``NewClient`` method by name in the live connection, e.g.
+        ``await client.call("get_blocklist")``; its result, decoded with neonize's types.
+
+        A send (a method that answers with a ``SendResponse``) returns a
+        :class:`~waclient.transports.SentMessage` and dispatches it to handlers. Raises
+        :class:`~waclient.transports.CallError` for an unknown or private name or an argument
+        that cannot cross, and :class:`NotConnectedError` without a live connection, both
+        before anything is sent.
+        """
+        calls.encode(method, args, kwargs)  # every check, before the connection is asked for
         if self._connection is None:
-            raise NotConnectedError(f"cannot send: no live connection (state: {self.state.value})")
-        sent = await self.transport.send_text(chat, text)
+            raise NotConnectedError(
+                f"cannot call {method}: no live connection (state: {self.state.value})"
+            )
+        result = await self.transport.call(method, *args, **kwargs)
+        if not _is_send_response(result):
+            return result
+        sent = _sent_message(method, args, kwargs, result)
         await self.registry.dispatch_async(sent)
         return sent
 
@@ -308,6 +340,7 @@ class Client:
             "listeners": self.registry.count(),
             "listeners_by_type": self.registry.counts(),
             "inbox": self._inbox.qsize() if self._inbox is not None else 0,
+            "inbox_bytes": self._budget.statistics().bytes,
             "last_error": self.last_error,
         }
 
@@ -364,20 +397,23 @@ class Client:
     # -- events -----------------------------------------------------------------------------
 
     def _sink_for(self, generation: int) -> EventSink:
-        loop, inbox, slots = self._loop, self._inbox, self._slots
+        loop, inbox, budget = self._loop, self._inbox, self._budget
         assert loop is not None and inbox is not None
+
+        def abandon() -> bool:
+            return self._closing or loop.is_closed()
 
         def sink(event: Event) -> None:
             if threading.get_ident() == self._loop_thread:
                 raise RuntimeError("transport events must come from the Go side's thread")
-            while not slots.acquire(timeout=0.25):  # backpressure: the loop is behind
-                if self._closing or loop.is_closed():
-                    self.stale_events += 1
-                    return
+            size = len(event.SerializePartialToString())  # ByteSize() rejects partial proto2
+            if not budget.acquire(size, abandon):  # backpressure: the loop is behind
+                self.stale_events += 1
+                return
             try:
-                loop.call_soon_threadsafe(inbox.put_nowait, (generation, event))
+                loop.call_soon_threadsafe(inbox.put_nowait, (generation, event, size))
             except RuntimeError:  # the loop has closed
-                slots.release()
+                budget.release(size)
 
         return sink
 
@@ -385,8 +421,8 @@ class Client:
         inbox = self._inbox
         assert inbox is not None
         while True:
-            generation, event = await inbox.get()
-            self._slots.release()
+            generation, event, size = await inbox.get()
+            self._budget.release(size)
             try:
                 await self._deliver(generation, event)
             except Exception:
@@ -478,3 +514,35 @@ class Client:
 
 def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
+
+
+def _client_event_type(kind: type[Any]) -> bool:
+    """Types a client dispatches: the Go core's events and the library's own."""
+    return is_event_type(kind) or kind in (SentMessage, StateChange)
+
+
+def _is_send_response(result: object) -> bool:
+    descriptor = getattr(result, "DESCRIPTOR", None)
+    return descriptor is not None and descriptor.full_name == "neonize.SendResponse"
+
+
+def _sent_message(
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any], response: Any
+) -> SentMessage:
+    """What handlers (and the outbound recorder) learn about a send."""
+    if response.HasField("Chat"):
+        chat = response.Chat
+    elif method == "reply_message":
+        quoted: Any = kwargs.get("quoted", args[1] if len(args) > 1 else None)
+        chat = kwargs.get("to") or quoted.Info.MessageSource.Chat
+    else:
+        chat = to_jid(kwargs.get("to", args[0]))
+    message = response.Message
+    return SentMessage(
+        id=str(response.ID),
+        chat=jid_to_str(chat),
+        text=message_text(message),
+        timestamp=int(response.Timestamp),
+        kind=message_kind(message),
+        method=method,
+    )

@@ -208,13 +208,21 @@ class HandlerRegistry:
 
     ``max_listeners`` is the limit per event type: passing it logs a warning naming the counts
     per type (once each time the limit is crossed), or raises :class:`ListenerLimitError` in
-    ``strict`` mode (meant for tests). ``None`` switches the sentinel off.
+    ``strict`` mode (meant for tests). ``None`` switches the sentinel off. ``accepts`` limits
+    the event types handlers may be registered for: any other raises ``TypeError`` at
+    registration (a handler for a type nobody dispatches would never fire).
     """
 
     def __init__(
-        self, max_listeners: int | None = 100, *, strict: bool = False, name: str = "registry"
+        self,
+        max_listeners: int | None = 100,
+        *,
+        strict: bool = False,
+        name: str = "registry",
+        accepts: Callable[[type[Any]], bool] | None = None,
     ) -> None:
         self.max_listeners = max_listeners
+        self.accepts = accepts
         self.strict = strict
         self.name = name
         self.handler_errors = 0
@@ -287,7 +295,11 @@ class HandlerRegistry:
 
     def _register(self, scope: Scope, event_type: type[E], handler: Handler[E]) -> Subscription[E]:
         if not callable(handler):
-            raise TypeError(f"handler for {event_type.__name__} must be callable, not {handler!r}")
+            raise TypeError(f"handler for {event_type!r} must be callable, not {handler!r}")
+        if self.accepts is not None and not (
+            isinstance(event_type, type) and self.accepts(event_type)
+        ):
+            raise TypeError(f"{self.name} dispatches no events of type {event_type!r}")
         with self._lock:
             current = self._by_type.get(event_type, ())
             limit = self.max_listeners

@@ -46,9 +46,10 @@ from redis.exceptions import RedisError
 
 from waclient.events import MessageEv
 from waclient.handlers import Subscription
+from waclient.messages import jid_to_str, message_text
 from waclient.redis import RedisHealth
 from waclient.spool import Spool
-from waclient.transport import SentMessage
+from waclient.transports.base import SentMessage
 
 if TYPE_CHECKING:
     from waclient.client import Client
@@ -94,14 +95,6 @@ _FIELD_NAMES = ("id", "chat", "sender", "text", "ts", "dir")
 
 class RecorderClosedError(RuntimeError):
     """The recorder was closed; it takes no more records."""
-
-
-def jid_to_str(jid: Any) -> str:
-    """``user@server`` for a neonize JID proto (``server`` alone when there is no user)."""
-    user, server = str(jid.User), str(jid.Server)
-    if user and server:
-        return f"{user}@{server}"
-    return user or server
 
 
 def _direction(value: object) -> Direction:
@@ -665,13 +658,11 @@ class InboundRecorder(Recorder):
 
     def to_record(self, event: Any) -> MessageRecord:
         info = event.Info
-        message = event.Message
-        text = message.conversation or message.extendedTextMessage.text or ""
         return MessageRecord(
             id=str(info.ID),
             chat=jid_to_str(info.MessageSource.Chat),
             sender=jid_to_str(info.MessageSource.Sender),
-            text=str(text),
+            text=message_text(event.Message),
             timestamp=int(info.Timestamp),
             direction="in",
         )

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from waclient.transport import Transport
+from waclient.transports import Transport
 
 from .config import Settings, load_settings
 from .errors import CatchAll, allow_map, install_handlers

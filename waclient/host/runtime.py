@@ -25,7 +25,7 @@ from waclient.memory import (
     process_memory,
     take_snapshot,
 )
-from waclient.transport import NeonizeTransport, Transport
+from waclient.transports import Transport
 
 from .config import Settings
 from .limits import RateLimiter
@@ -55,10 +55,10 @@ def worker_budget(settings: Settings, machine: int) -> int:
 
 def build_transport(settings: Settings, machine: int) -> Transport:
     """The transport ``WACLIENT_TRANSPORT`` names. Imports are lazy: ``isolated`` does not load
-    the in-process client, and ``simulated`` imports the harness only when chosen."""
+    the in-process client."""
     database = settings.session_dir / f"{settings.session_name}.db"
     if settings.transport == "isolated":
-        from waclient.isolation import IsolatedTransport
+        from waclient.transports.isolated import IsolatedTransport
 
         return IsolatedTransport(
             database,
@@ -68,13 +68,11 @@ def build_transport(settings: Settings, machine: int) -> Transport:
             worker=settings.worker,
         )
     if settings.transport == "neonize":
+        from waclient.transports.inprocess import NeonizeTransport
+
         return NeonizeTransport(database, name=settings.session_name, proxy=settings.proxy)
-    try:
-        from harness.simulate import SimulatedTransport
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
-            "WACLIENT_TRANSPORT=simulated needs the harness extra: pip install 'waclient[harness]'"
-        ) from exc
+    from waclient.transports.simulated import SimulatedTransport
+
     return SimulatedTransport(name=str(settings.session_dir / "simulated"))
 
 

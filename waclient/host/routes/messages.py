@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from waclient.client import NotConnectedError
-from waclient.transport import TransportError
+from waclient.transports import TransportError
 
 from ..config import Settings
 from ..deps import ClientDep, HostDep, SendLimited

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from waclient.transport import TransportError
+from waclient.transports import Pairing, TransportError
 
 from ..config import Settings
 from ..deps import HostDep, KeyDep
@@ -25,7 +25,9 @@ def _latest_qr(host: Any) -> str | None:
     """The QR code waiting to be scanned; None once connected (the last one is stale then)."""
     if host.client is not None and host.client.connected:
         return None
-    qr = getattr(host.transport, "latest_qr", None)
+    if not isinstance(host.transport, Pairing):
+        return None
+    qr = host.transport.latest_qr
     return qr if isinstance(qr, str) and qr else None
 
 
@@ -41,8 +43,7 @@ def _qr(host: Any) -> str:
 
 
 def _pairer(host: Any) -> Callable[[str], Awaitable[str]] | None:
-    fn = getattr(host.transport, "pair_phone", None)
-    return fn if callable(fn) else None
+    return host.transport.pair_phone if isinstance(host.transport, Pairing) else None
 
 
 def router(settings: Settings) -> APIRouter:

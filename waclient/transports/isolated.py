@@ -2,56 +2,60 @@
 
 Every failed neonize connect retains native memory in the Go core that no Python code can free
 (docs/facts.md); only ending the process gives it back. So the WhatsApp session runs in a worker
-process: the Go side's events travel to this process as ``(event code, protobuf bytes)`` over a
-pipe and are decoded here with the same neonize types; sends are requests to the worker. Between
-connection attempts the worker is recycled (asked to exit, then a new one started) when one more
-attempt could take its RSS past ``rss_budget``, when it holds ``max_worker_fds`` descriptors, or
-after ``recycle_after_failures`` failed attempts; the session database on disk survives, so a
-paired session stays paired.
+process (:mod:`waclient.transports._worker`): the Go side's events travel to this process as
+``(event code, protobuf bytes)`` over a pipe and are decoded here with the same neonize types;
+every call is a request to the worker, its arguments and result in the wire form of
+:mod:`waclient.transports.calls`. Between connection attempts the worker is recycled (asked to
+exit, then a new one started) when one more attempt could take its RSS past ``rss_budget``, when
+it holds ``max_worker_fds`` descriptors, or after ``recycle_after_failures`` failed attempts; the
+session database on disk survives, so a paired session stays paired.
+
+Bounded in bytes, not only in count: a request or reply larger than ``max_frame`` (64 MiB by
+default) is refused before anything is sent (:class:`~waclient.transports.PayloadTooLarge`); at
+most ``max_in_flight`` requests are in flight (the next caller waits: backpressure).
 
 A worker that dies is noticed by the pipe closing; one that hangs, by missed heartbeats (it is
-then killed). Requests in flight fail with :class:`~waclient.transport.TransportError`, never
-hang. The worker dies with this process (``PR_SET_PDEATHSIG`` and the pipe's end).
+then killed). Requests in flight fail with :class:`~waclient.transports.TransportError`, never
+hang; the next session runs in a new worker. The worker dies with this process
+(``PR_SET_PDEATHSIG`` and the pipe's end).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import itertools
 import json
 import logging
-import os
 import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 
-from waclient.events import ConnectedEv, DisconnectedEv, event_code, event_type
-from waclient.transport import EventSink, SentMessage, TransportError, install_bridge
+from waclient.events import Event, event_code, event_type
+from waclient.transports import calls
+from waclient.transports._wire import (
+    CODE,
+    EVENT_FRAME,
+    FRAME_OVERHEAD,
+    WorkerKind,
+    WorkerSpec,
+)
+from waclient.transports.base import CallError, EventSink, PayloadTooLarge, TransportError
 
 __all__ = ["IsolatedTransport", "WorkerStats"]
 
 log = logging.getLogger(__name__)
 
-WorkerKind = Literal["neonize", "simulated"]
-
-_EVENT = 0x45  # b"E": an event frame: kind byte, event code (u16), protobuf bytes
-_CONTROL = 0x43  # b"C": a pickled control message
-_CODE = struct.Struct("<H")
+DEFAULT_MAX_FRAME = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +73,10 @@ class WorkerStats:
 
 
 class IsolatedTransport:
-    """A :class:`~waclient.transport.Transport` whose neonize client lives in a worker process.
+    """A :class:`~waclient.transports.Transport` whose neonize client lives in a worker process.
 
-    ``worker="simulated"`` runs a scripted Go side in the worker instead of neonize (for tests
-    and benchmarks of the process boundary itself); see :meth:`debug_emit`.
+    ``worker="simulated"`` runs a scripted Go side in the worker instead of neonize (for tests,
+    soaks and benchmarks of the process boundary itself); see :meth:`emit`.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class IsolatedTransport:
         rss_budget: int | None = 150 * 2**20,
         recycle_after_failures: int | None = None,
         max_worker_fds: int | None = 512,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_in_flight: int = 16,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         request_timeout: float = 30.0,
@@ -91,12 +97,16 @@ class IsolatedTransport:
         start_timeout: float = 60.0,
         worker: WorkerKind = "neonize",
     ) -> None:
-        self.spec = _WorkerSpec(worker, str(database), name, proxy)
+        if max_frame < 1 or max_in_flight < 1:
+            raise ValueError("max_frame and max_in_flight must be >= 1")
+        self.spec = WorkerSpec(worker, str(database), name, proxy, max_frame)
         self.rss_budget = rss_budget
         self.recycle_after_failures = recycle_after_failures
         # neonize also leaks a file descriptor per failed connect (docs/facts.md): with a
         # large RSS budget the worker would run out of descriptors first.
         self.max_worker_fds = max_worker_fds
+        self.max_frame = max_frame
+        self.max_in_flight = max_in_flight
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.request_timeout = request_timeout
@@ -115,8 +125,11 @@ class IsolatedTransport:
         self._failed_since_start = 0
         self._worker: _Worker | None = None
         self._sink: EventSink | None = None
+        self._running: asyncio.Future[None] | None = None
+        self._stop_requested = False
         self._ended: asyncio.Future[str | None] | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._ids = itertools.count(1)
         self._closed = False
         self._reaping: set[asyncio.Future[None]] = set()
@@ -124,11 +137,108 @@ class IsolatedTransport:
     # -- Transport --------------------------------------------------------------------------
 
     async def run(self, sink: EventSink) -> None:
-        if self._ended is not None:
+        if self._running is not None:
             raise TransportError("a session is already running on this transport")
         if self._closed:
             raise TransportError("transport is closed")
+        loop = asyncio.get_running_loop()
+        running: asyncio.Future[None] = loop.create_future()
+        self._running, self._stop_requested = running, False
+        try:
+            await self._run_session(sink)
+        finally:
+            self._running = None
+            running.set_result(None)
+
+    async def stop(self) -> None:
+        """End the running session and wait until :meth:`run` has returned, even when it is
+        still starting a worker; a worker that does not let go in time is killed."""
+        running = self._running
+        if running is None:
+            return
+        self._stop_requested = True
+        ended, worker = self._ended, self._worker
+        if ended is not None and worker is not None:
+            deadline = time.monotonic() + self.stop_timeout
+            while not ended.done() and time.monotonic() < deadline:
+                with contextlib.suppress(TransportError):
+                    worker.send(("stop",))
+                with contextlib.suppress(TimeoutError, TransportError):
+                    await asyncio.wait_for(asyncio.shield(ended), 0.1)
+            if not ended.done():
+                log.error("worker %s did not stop its session; killing it", worker.pid)
+                worker.kill()
+        # A run still starting its worker sees the request once the worker is up.
+        await asyncio.shield(running)
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        wire = calls.encode(method, args, kwargs)
+        if self._ended is None:
+            raise TransportError("not connected: no session is running")
+        return calls.decode_value(await self._request("call", wire))
+
+    async def pair_phone(self, phone: str) -> str:
+        """A pairing code to link this session by phone number (the session must be running)."""
+        return str(await self.call("PairPhone", phone, True))
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.stop()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.retire(self.stop_timeout)
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
+
+    # -- Simulating (worker="simulated" only) -------------------------------------------------
+
+    async def emit(self, *events: Event, repeat: int = 1) -> None:
+        """Have the simulated worker's Go side emit ``events`` (``repeat`` times over)."""
+        self._simulated_only("emit")
+        batch = [(event_code(type(e)), e.SerializePartialToString()) for e in events]
+        await self._request("emit", batch, repeat)
+
+    async def disconnect(self) -> None:
+        """Disconnected, then the session ends (the simulated worker's Go side stopped)."""
+        self._simulated_only("disconnect")
+        await self._request("disconnect")
+
+    # -- observability ----------------------------------------------------------------------
+
+    @property
+    def worker_pid(self) -> int | None:
+        worker = self._worker
+        return worker.pid if worker is not None and worker.alive else None
+
+    @property
+    def worker_rss(self) -> int:
+        """The worker's resident memory now, in bytes (0 without a worker)."""
+        worker = self._worker
+        return self._sample_rss(worker) if worker is not None else 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to the worker and not answered yet."""
+        return len(self._pending)
+
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            pid=self.worker_pid,
+            rss=self.worker_rss,
+            max_rss=self.max_worker_rss,
+            starts=self.starts,
+            recycles=self.recycles,
+            crashes=self.crashes,
+            hangs=self.hangs,
+            failed_attempts_since_start=self._failed_since_start,
+        )
+
+    # -- a session ----------------------------------------------------------------------------
+
+    async def _run_session(self, sink: EventSink) -> None:
         worker = await self._worker_for_attempt()
+        if self._stop_requested:
+            return  # stopped while the worker was starting: no session to run
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[str | None] = loop.create_future()
         self._ended, self._sink = ended, sink
@@ -144,79 +254,9 @@ class IsolatedTransport:
             self._failed_since_start += 1
             raise TransportError(error)
 
-    async def stop(self) -> None:
-        """End the running session; a worker that does not let go in time is killed."""
-        ended, worker = self._ended, self._worker
-        if ended is None or worker is None:
-            return
-        deadline = time.monotonic() + self.stop_timeout
-        while not ended.done() and time.monotonic() < deadline:
-            worker.send(("stop",))
-            with contextlib.suppress(TimeoutError, TransportError):
-                await asyncio.wait_for(asyncio.shield(ended), 0.1)
-        if not ended.done():
-            log.error("worker %s did not stop its session; killing it", worker.pid)
-            worker.kill()
-            with contextlib.suppress(TransportError):
-                await ended
-
-    async def send_text(self, chat: str, text: str) -> SentMessage:
-        if self._ended is None:
-            raise TransportError("not connected: no session is running")
-        reply = await self._request("send", chat, text)
-        message_id, timestamp = reply
-        return SentMessage(id=message_id, chat=chat, text=text, timestamp=timestamp)
-
-    async def pair_phone(self, phone: str) -> str:
-        """A pairing code to link this session by phone number (the session must be running)."""
-        if self._ended is None:
-            raise TransportError("not connected: no session is running")
-        return str(await self._request("pair", phone))
-
-    async def close(self) -> None:
-        self._closed = True
-        await self.stop()
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            await worker.retire(self.stop_timeout)
-        if self._reaping:
-            await asyncio.gather(*self._reaping, return_exceptions=True)
-
-    # -- observability and test hooks -------------------------------------------------------
-
-    @property
-    def worker_pid(self) -> int | None:
-        worker = self._worker
-        return worker.pid if worker is not None and worker.alive else None
-
-    @property
-    def worker_rss(self) -> int:
-        """The worker's resident memory now, in bytes (0 without a worker)."""
-        worker = self._worker
-        return self._sample_rss(worker) if worker is not None else 0
-
-    def stats(self) -> WorkerStats:
-        return WorkerStats(
-            pid=self.worker_pid,
-            rss=self.worker_rss,
-            max_rss=self.max_worker_rss,
-            starts=self.starts,
-            recycles=self.recycles,
-            crashes=self.crashes,
-            hangs=self.hangs,
-            failed_attempts_since_start=self._failed_since_start,
-        )
-
-    async def debug_emit(self, event: Any, count: int = 1) -> None:
-        """Simulated worker only: have its Go side emit ``count`` copies of ``event``."""
+    def _simulated_only(self, what: str) -> None:
         if self.spec.kind != "simulated":
-            raise TransportError("debug_emit needs worker='simulated'")
-        data = event.SerializePartialToString()
-        await self._request("emit", event_code(type(event)), data, count)
-
-    async def debug_disconnect(self) -> None:
-        """Simulated worker only: Disconnected, then the session ends."""
-        await self._request("disconnect")
+            raise TransportError(f"{what} needs worker='simulated'")
 
     # -- the worker's life ------------------------------------------------------------------
 
@@ -289,20 +329,34 @@ class IsolatedTransport:
         self.max_worker_rss = max(self.max_worker_rss, rss)
         return rss
 
-    async def _request(self, *message: Any) -> Any:
-        worker = self._worker
-        if worker is None or not worker.alive:
-            raise TransportError("no worker process is running")
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            worker.send((message[0], request_id, *message[1:]))
-            return await asyncio.wait_for(future, self.request_timeout)
-        except TimeoutError:
-            raise TransportError(f"{message[0]} timed out after {self.request_timeout}s") from None
-        finally:
-            self._pending.pop(request_id, None)
+    async def _request(self, kind: str, *payload: Any) -> Any:
+        """Send one request and wait for its reply; at most ``max_in_flight`` at once."""
+        self._check_size(kind, payload, calls.payload_size(payload))  # before any copy
+        async with self._in_flight:
+            worker = self._worker
+            if worker is None or not worker.alive:
+                raise TransportError("no worker process is running")
+            request_id = next(self._ids)
+            frame = pickle.dumps((kind, request_id, *payload), protocol=pickle.HIGHEST_PROTOCOL)
+            self._check_size(kind, payload, len(frame) - FRAME_OVERHEAD)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            try:
+                worker.send_frame(frame)
+                del frame
+                return await asyncio.wait_for(future, self.request_timeout)
+            except TimeoutError:
+                name = _request_name(kind, payload)
+                raise TransportError(f"{name} timed out after {self.request_timeout}s") from None
+            finally:
+                self._pending.pop(request_id, None)
+
+    def _check_size(self, kind: str, payload: tuple[Any, ...], size: int) -> None:
+        if size > self.max_frame:
+            raise PayloadTooLarge(
+                f"{_request_name(kind, payload)}: the request ({size / 2**20:.1f} MiB) is larger "
+                f"than the frame limit ({self.max_frame / 2**20:.1f} MiB); nothing was sent"
+            )
 
     # -- called on the loop by the worker's reader thread -----------------------------------
 
@@ -321,7 +375,9 @@ class IsolatedTransport:
                 if ok:
                     future.set_result(payload)
                 else:
-                    future.set_exception(TransportError(payload))
+                    is_call_error, text = payload
+                    error = CallError if is_call_error else TransportError
+                    future.set_exception(error(text))
         elif kind == "qr":
             self.latest_qr = message[1]
 
@@ -387,7 +443,7 @@ class _Worker:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        """Start ``python -m waclient.isolation`` with one end of a socket pair.
+        """Start ``python -m waclient.transports._worker`` with one end of a socket pair.
 
         A plain subprocess, not multiprocessing's spawn: the worker must not re-import the
         application's ``__main__`` module.
@@ -398,7 +454,7 @@ class _Worker:
                 [
                     sys.executable,
                     "-m",
-                    "waclient.isolation",
+                    "waclient.transports._worker",
                     str(theirs.fileno()),
                     json.dumps(asdict(self.owner.spec)),
                 ],
@@ -410,12 +466,15 @@ class _Worker:
         self._reader.start()
 
     def send(self, message: tuple[Any, ...]) -> None:
+        self.send_frame(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def send_frame(self, frame: bytes) -> None:
         conn = self.conn
         if not self.alive or conn is None:
             raise TransportError("the worker process is not running")
         try:
             with self._send_lock:
-                conn.send(message)
+                conn.send_bytes(frame)
         except (OSError, ValueError) as exc:
             raise TransportError(f"the worker process is gone: {exc}") from exc
 
@@ -471,15 +530,15 @@ class _Worker:
         assert conn is not None
         while True:
             try:
-                frame = conn.recv_bytes()
+                frame = conn.recv_bytes(owner.max_frame + FRAME_OVERHEAD)
             except (EOFError, OSError):
                 break
             self.last_seen = time.monotonic()
-            if frame[0] == _EVENT:
-                (code,) = _CODE.unpack_from(frame, 1)
+            if frame[0] == EVENT_FRAME:
+                (code,) = CODE.unpack_from(frame, 1)
                 self.delivering = True
                 try:
-                    owner._deliver(code, frame[1 + _CODE.size :])
+                    owner._deliver(code, frame[1 + CODE.size :])
                 except Exception:
                     log.exception("could not deliver an event from the worker")
                 finally:
@@ -492,184 +551,5 @@ class _Worker:
             loop.call_soon_threadsafe(owner._on_exit, self)
 
 
-# -- the worker process ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _WorkerSpec:
-    kind: WorkerKind
-    database: str
-    name: str
-    proxy: str | None
-
-
-def _worker_entry(argv: list[str]) -> None:
-    """``python -m waclient.isolation FD SPEC``: the worker process."""
-    fd, spec = int(argv[0]), _WorkerSpec(**json.loads(argv[1]))
-    _worker_main(Connection(fd), spec)
-
-
-def _worker_main(conn: Connection, spec: _WorkerSpec) -> None:
-    """The worker's main thread: read requests until told to exit or the parent is gone."""
-    _die_with_parent()
-    lock = threading.Lock()
-
-    def send_frame(frame: bytes) -> None:
-        with lock:
-            conn.send_bytes(frame)
-
-    def control(*message: Any) -> None:
-        send_frame(bytes((_CONTROL,)) + pickle.dumps(message))
-
-    def emit(code: int, data: bytes) -> None:
-        send_frame(bytes((_EVENT,)) + _CODE.pack(code) + data)
-
-    go: _GoSide = _NeonizeGo(spec, emit, control) if spec.kind == "neonize" else _SimulatedGo(emit)
-
-    def session() -> None:
-        control("ended", go.run_blocking())
-
-    def request(request_id: int, fn: Callable[[], Any]) -> None:
-        try:
-            control("reply", request_id, True, fn())
-        except Exception as exc:
-            control("reply", request_id, False, f"{type(exc).__name__}: {exc}")
-
-    control("ready", os.getpid())
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            break
-        kind = message[0]
-        if kind == "run":
-            threading.Thread(target=session, name="worker-session", daemon=True).start()
-        elif kind == "stop":
-            go.stop()
-        elif kind == "ping":
-            control("pong", message[1])
-        elif kind == "send":
-            _, request_id, chat, text = message
-            send = functools.partial(go.send, chat, text)
-            threading.Thread(target=request, args=(request_id, send), daemon=True).start()
-        elif kind == "pair":
-            _, request_id, phone = message
-            pair = functools.partial(go.pair, phone)
-            threading.Thread(target=request, args=(request_id, pair), daemon=True).start()
-        elif kind in ("emit", "disconnect"):
-            request(message[1], functools.partial(go.debug, kind, *message[2:]))
-        elif kind == "exit":
-            break
-    go.stop()
-    os._exit(0)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-class _GoSide:
-    def run_blocking(self) -> str | None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def send(self, chat: str, text: str) -> tuple[str, int]:
-        raise NotImplementedError
-
-    def pair(self, phone: str) -> str:
-        raise NotImplementedError
-
-    def debug(self, kind: str, *args: Any) -> None:
-        raise TransportError(f"{kind} is only for a simulated worker")
-
-
-class _NeonizeGo(_GoSide):
-    """The real neonize client, forwarding raw (code, bytes) events without decoding them."""
-
-    def __init__(
-        self,
-        spec: _WorkerSpec,
-        emit: Callable[[int, bytes], None],
-        control: Callable[..., None],
-    ) -> None:
-        from neonize.client import NewClient
-
-        self.spec = spec
-        self.client = NewClient(spec.database, uuid=spec.name)
-        install_bridge(self.client, lambda event: None)  # subscribes the event codes
-
-        def raw_execute(_uuid: bytes, binary: int, size: int, code: int) -> None:
-            emit(code, ctypes.string_at(binary, size))
-
-        # connect() wraps client.event.execute in the ctypes callback: forward the bytes as
-        # they are; the parent decodes them.
-        self.client.event.execute = raw_execute
-        self.client.event.qr(lambda _c, data: control("qr", data.decode(errors="replace")))
-
-    def run_blocking(self) -> str | None:
-        from neonize.client import ProxySettings
-
-        proxy = ProxySettings(proxy_address=self.spec.proxy) if self.spec.proxy else None
-        try:
-            self.client.connect(proxy)
-        except Exception as exc:
-            return str(exc) or type(exc).__name__
-        return None
-
-    def stop(self) -> None:
-        self.client.stop()
-
-    def send(self, chat: str, text: str) -> tuple[str, int]:
-        from neonize.utils.jid import build_jid
-
-        jid = build_jid(*chat.split("@", 1)) if "@" in chat else build_jid(chat)
-        response = self.client.send_message(jid, text)
-        return str(response.ID), int(response.Timestamp)
-
-    def pair(self, phone: str) -> str:
-        return str(self.client.PairPhone(phone, True))
-
-
-class _SimulatedGo(_GoSide):
-    """A scripted Go side in the worker: connects, emits what it is asked, sends instantly."""
-
-    def __init__(self, emit: Callable[[int, bytes], None]) -> None:
-        self.emit = emit
-        self.ended = threading.Event()
-        self.sends = itertools.count(1)
-
-    def run_blocking(self) -> str | None:
-        self.ended.clear()
-        self.emit(event_code(ConnectedEv), ConnectedEv(status=True).SerializePartialToString())
-        self.ended.wait()
-        return None
-
-    def stop(self) -> None:
-        self.ended.set()
-
-    def send(self, chat: str, text: str) -> tuple[str, int]:
-        return f"ISO{next(self.sends):016X}", int(time.time())
-
-    def pair(self, phone: str) -> str:
-        digits = "".join(c for c in phone if c.isdigit())
-        return (digits[-8:] or "0").rjust(8, "0")
-
-    def debug(self, kind: str, *args: Any) -> None:
-        if kind == "emit":
-            code, data, count = args
-            for _ in range(count):
-                self.emit(code, data)
-        else:
-            data = DisconnectedEv(status=True).SerializePartialToString()
-            self.emit(event_code(DisconnectedEv), data)
-            self.ended.set()
-
-
-if __name__ == "__main__":
-    _worker_entry(sys.argv[1:])
+def _request_name(kind: str, payload: tuple[Any, ...]) -> str:
+    return str(payload[0][0]) if kind == "call" else kind

@@ -1,0 +1,80 @@
+"""Small helpers over neonize's message protobufs: JIDs from strings, and what a message is.
+
+Nothing here loads neonize's Go core: only its protobuf types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neonize.proto import Neonize_pb2 as pb
+
+__all__ = ["Chat", "jid_to_str", "message_kind", "message_text", "to_jid"]
+
+Chat = Any
+"""A chat or user: a phone number (``"+1 555 000 0001"``), ``"user@server"``, or a JID proto."""
+
+_KINDS = (
+    ("conversation", "text"),
+    ("extendedTextMessage", "text"),
+    ("imageMessage", "image"),
+    ("videoMessage", "video"),
+    ("audioMessage", "audio"),
+    ("documentMessage", "document"),
+    ("stickerMessage", "sticker"),
+    ("reactionMessage", "reaction"),
+    ("protocolMessage", "protocol"),
+    ("contactMessage", "contact"),
+    ("locationMessage", "location"),
+    ("pollCreationMessage", "poll"),
+)
+
+
+def to_jid(chat: Chat) -> Any:
+    """A neonize ``JID`` for a phone number, ``user@server`` or a JID (returned as it is)."""
+    if not isinstance(chat, str):
+        if getattr(chat, "DESCRIPTOR", None) is not pb.JID.DESCRIPTOR:
+            raise TypeError(f"a chat is a phone number, 'user@server' or a JID, not {chat!r}")
+        return chat
+    user, at, server = chat.strip().partition("@")
+    if not at:
+        user, server = "".join(c for c in user if c.isdigit()), "s.whatsapp.net"
+    if not user and not server:
+        raise ValueError(f"{chat!r} is not a phone number or JID")
+    return pb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+
+
+def jid_to_str(jid: Any) -> str:
+    """``user@server`` for a neonize JID proto (``server`` alone when there is no user)."""
+    user, server = str(jid.User), str(jid.Server)
+    if user and server:
+        return f"{user}@{server}"
+    return user or server
+
+
+def message_kind(message: Any) -> str:
+    """``text``, ``image``, ``video``, ``audio``, ``document``, ``sticker``, ``reaction``, ...
+    for a ``waE2E.Message`` (``other`` for the rest)."""
+    for field, kind in _KINDS:
+        if field == "conversation":
+            if message.conversation:
+                return kind
+        elif message.HasField(field):
+            return kind
+    return "other"
+
+
+def message_text(message: Any) -> str:
+    """The text a person reads: the body of a text, the caption of media, a reaction's emoji."""
+    if message.conversation:
+        return str(message.conversation)
+    if message.HasField("extendedTextMessage"):
+        return str(message.extendedTextMessage.text)
+    for field in ("imageMessage", "videoMessage", "documentMessage"):
+        if message.HasField(field):
+            return str(getattr(message, field).caption)
+    if message.HasField("reactionMessage"):
+        return str(message.reactionMessage.text)
+    if message.HasField("protocolMessage") and message.protocolMessage.HasField("editedMessage"):
+        return message_text(message.protocolMessage.editedMessage)
+    return ""

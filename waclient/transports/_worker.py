@@ -1,0 +1,210 @@
+"""The worker process of :class:`~waclient.transports.IsolatedTransport`.
+
+``python -m waclient.transports._worker FD SPEC``: reads requests from the parent over the
+socket ``FD`` and answers them; forwards the Go side's events as ``(code, protobuf bytes)``
+frames without decoding them. The Go side is the real neonize client
+(:class:`~waclient.transports.session.NeonizeSession`) or, with ``kind="simulated"``, a
+script whose calls :class:`~waclient.transports.simulated.SimulatedWhatsApp` answers.
+
+Frames: ``E`` + event code (u16) + protobuf bytes; ``C`` + a pickled control tuple. A reply
+larger than the frame limit is not sent: the request fails with a message saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from waclient.transports import calls
+from waclient.transports._wire import (
+    CODE,
+    EVENT_FRAME,
+    FRAME_OVERHEAD,
+    WorkerSpec,
+    control_frame,
+)
+from waclient.transports.base import TransportError
+
+
+def main(argv: list[str]) -> None:
+    fd, spec = int(argv[0]), WorkerSpec(**json.loads(argv[1]))
+    serve(Connection(fd), spec)
+
+
+def serve(conn: Connection, spec: WorkerSpec) -> None:
+    """The worker's main thread: read requests until told to exit or the parent is gone."""
+    _die_with_parent()
+    lock = threading.Lock()
+
+    def send_frame(frame: bytes) -> None:
+        with lock:
+            conn.send_bytes(frame)
+
+    def control(*message: Any) -> None:
+        send_frame(control_frame(*message))
+
+    def emit(code: int, data: bytes) -> None:
+        send_frame(bytes((EVENT_FRAME,)) + CODE.pack(code) + data)
+
+    go: GoSide = NeonizeGo(spec, emit, control) if spec.kind == "neonize" else SimulatedGo(emit)
+
+    def session() -> None:
+        try:
+            go.run_blocking()
+        except TransportError as exc:
+            control("ended", str(exc))
+        else:
+            control("ended", None)
+
+    def reply(request_id: int, fn: Callable[[], Any]) -> None:
+        try:
+            frame = control_frame("reply", request_id, True, calls.encode_value(fn()))
+        except Exception as exc:
+            control("reply", request_id, False, _describe(exc))
+            return
+        if len(frame) > spec.max_frame + FRAME_OVERHEAD:
+            control("reply", request_id, False, (False, _too_large(len(frame), spec.max_frame)))
+            return
+        send_frame(frame)
+
+    control("ready", os.getpid())
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes(spec.max_frame + FRAME_OVERHEAD))
+        except (EOFError, OSError):
+            break
+        kind = message[0]
+        if kind == "run":
+            threading.Thread(target=session, name="worker-session", daemon=True).start()
+        elif kind == "stop":
+            go.stop()
+        elif kind == "ping":
+            control("pong", message[1])
+        elif kind == "call":
+            _, request_id, wire = message
+            call = functools.partial(go.call, wire)
+            threading.Thread(target=reply, args=(request_id, call), daemon=True).start()
+        elif kind in ("emit", "disconnect"):
+            reply(message[1], functools.partial(go.debug, kind, *message[2:]))
+        elif kind == "exit":
+            break
+    go.stop()
+    os._exit(0)
+
+
+class GoSide:
+    def run_blocking(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def call(self, wire: tuple[Any, ...]) -> Any:
+        raise NotImplementedError
+
+    def debug(self, kind: str, *args: Any) -> None:
+        raise TransportError(f"{kind} is only for a simulated worker")
+
+
+class NeonizeGo(GoSide):
+    """The real neonize client, forwarding raw (code, bytes) events without decoding them."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        emit: Callable[[int, bytes], None],
+        control: Callable[..., None],
+    ) -> None:
+        from waclient.transports.session import NeonizeSession
+
+        self.session = NeonizeSession(
+            spec.database,
+            name=spec.name,
+            proxy=spec.proxy,
+            on_qr=lambda data: control("qr", data),
+            deliver_raw=emit,
+        )
+
+    def run_blocking(self) -> None:
+        self.session.run_blocking()
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    def call(self, wire: tuple[Any, ...]) -> Any:
+        method, args, kwargs = calls.decode(wire)
+        return self.session.call(method, args, kwargs)
+
+
+class SimulatedGo(GoSide):
+    """A scripted Go side: connects at once, emits what it is asked, answers every call."""
+
+    def __init__(self, emit: Callable[[int, bytes], None]) -> None:
+        from waclient.transports.simulated import SimulatedWhatsApp
+
+        self.emit = emit
+        self.ended = threading.Event()
+        self.whatsapp = SimulatedWhatsApp()
+
+    def run_blocking(self) -> None:
+        from waclient.events import ConnectedEv, event_code
+
+        self.ended.clear()
+        self.emit(event_code(ConnectedEv), ConnectedEv(status=True).SerializePartialToString())
+        self.ended.wait()
+
+    def stop(self) -> None:
+        self.ended.set()
+
+    def call(self, wire: tuple[Any, ...]) -> Any:
+        method, args, kwargs = calls.decode(wire)
+        return self.whatsapp.answer(method, args, kwargs)
+
+    def debug(self, kind: str, *args: Any) -> None:
+        from waclient.events import DisconnectedEv, event_code
+
+        if kind == "emit":
+            batch, repeat = args
+            for _ in range(repeat):
+                for code, data in batch:
+                    self.emit(code, data)
+        else:
+            data = DisconnectedEv(status=True).SerializePartialToString()
+            self.emit(event_code(DisconnectedEv), data)
+            self.ended.set()
+
+
+def _describe(exc: Exception) -> tuple[bool, str]:
+    """(whether it is a CallError, the message) of a failed request."""
+    if isinstance(exc, calls.CallError | TransportError):
+        return isinstance(exc, calls.CallError), str(exc)
+    return False, f"{type(exc).__name__}: {exc}"
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"the reply ({size >> 20} MiB) is larger than the frame limit ({limit >> 20} MiB); "
+        "download media of this size to a path"
+    )
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
