@@ -526,21 +526,26 @@ def _is_send_response(result: object) -> bool:
     return descriptor is not None and descriptor.full_name == "neonize.SendResponse"
 
 
+def _sent_to(method: str, args: tuple[Any, ...], kwargs: dict[str, Any], response: Any) -> str:
+    """The chat a send went to: the server's answer, else the call's own arguments."""
+    if response.HasField("Chat"):
+        return jid_to_str(response.Chat)
+    if method == "reply_message":
+        quoted: Any = kwargs.get("quoted", args[1] if len(args) > 1 else None)
+        to = kwargs.get("to") or (quoted.Info.MessageSource.Chat if quoted is not None else None)
+    else:
+        to = kwargs.get("to", args[0] if args else None)
+    return jid_to_str(to_jid(to)) if to is not None else ""
+
+
 def _sent_message(
     method: str, args: tuple[Any, ...], kwargs: dict[str, Any], response: Any
 ) -> SentMessage:
     """What handlers (and the outbound recorder) learn about a send."""
-    if response.HasField("Chat"):
-        chat = response.Chat
-    elif method == "reply_message":
-        quoted: Any = kwargs.get("quoted", args[1] if len(args) > 1 else None)
-        chat = kwargs.get("to") or quoted.Info.MessageSource.Chat
-    else:
-        chat = to_jid(kwargs.get("to", args[0]))
     message = response.Message
     return SentMessage(
         id=str(response.ID),
-        chat=jid_to_str(chat),
+        chat=_sent_to(method, args, kwargs, response),
         text=message_text(message),
         timestamp=int(response.Timestamp),
         kind=message_kind(message),

@@ -428,23 +428,16 @@ def _reply(
     return wa.sent(to if to is not None else quoted.Info.MessageSource.Chat, reply)
 
 
-def _protocol(kind: int) -> Callable[..., Any]:
-    def answer(wa: SimulatedWhatsApp, chat: Any, *args: Any) -> Any:
-        if kind == e2e.ProtocolMessage.MESSAGE_EDIT:
-            message_id, new_message = args
-            body = e2e.ProtocolMessage(
-                type=kind, key=e2e.MessageKey(remoteJID=_jid_key(chat), ID=message_id)
-            )
-            body.editedMessage.CopyFrom(new_message)
-        else:
-            _sender, message_id = args
-            body = e2e.ProtocolMessage(
-                type=kind,
-                key=e2e.MessageKey(remoteJID=_jid_key(chat), ID=message_id, fromMe=True),
-            )
-        return wa.sent(chat, e2e.Message(protocolMessage=body))
+def _edit(wa: SimulatedWhatsApp, chat: Any, message_id: str, new_message: Any) -> Any:
+    from neonize.builder import build_edit
 
-    return answer
+    return wa.sent(chat, build_edit(_as_jid(chat), message_id, new_message))
+
+
+def _revoke(wa: SimulatedWhatsApp, chat: Any, sender: Any, message_id: str) -> Any:
+    from neonize.builder import build_revoke
+
+    return wa.sent(chat, build_revoke(_as_jid(chat), _as_jid(sender), message_id, wa.me))
 
 
 def _download(wa: SimulatedWhatsApp, message: Any, path: str | None = None) -> bytes | None:
@@ -494,8 +487,8 @@ _ANSWERS: dict[str, Callable[..., Any]] = {
     "send_message": _send_message,
     **{f"send_{kind}": _media_sender(kind) for kind in MEDIA_KINDS},
     "reply_message": _reply,
-    "edit_message": _protocol(e2e.ProtocolMessage.MESSAGE_EDIT),
-    "revoke_message": _protocol(e2e.ProtocolMessage.REVOKE),
+    "edit_message": _edit,
+    "revoke_message": _revoke,
     "download_any": _download,
     "is_on_whatsapp": lambda wa, *numbers: [
         pb.IsOnWhatsAppResponse(Query=n, JID=_as_jid(n), IsIn=True) for n in numbers
