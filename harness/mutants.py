@@ -16,6 +16,8 @@ scheduled-jobs      a reminder scheduled per connection (``loop.call_later``) an
 session-refs        a reference kept to each transport session (for "debugging")   gc_objects
 orphan-tasks        a keep-alive task started per connection, never awaited nor     tasks
                     cancelled
+kept-downloads      every downloaded 256 KiB media payload kept in a list (media-   rss
+                    churn through the isolated worker)
 ==================  ==============================================================  ============
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.runner import Scenario, Workload, scenario
-from harness.scenarios import client_rig, reconnect_cycle
+from harness.scenarios import client_rig, media_churn_rig, reconnect_cycle
 
 __all__ = ["MUTANTS", "bug_line"]
 
@@ -201,4 +203,28 @@ async def orphan_tasks() -> AsyncIterator[Workload]:
                 await asyncio.gather(*orphans, return_exceptions=True)
 
 
-MUTANTS: list[Scenario] = [listeners, offline_buffer, scheduled_jobs, session_refs, orphan_tasks]
+@scenario(
+    "mutant-kept-downloads",
+    expect_leak=("rss",),
+    bug=bug_line("kept-downloads"),
+    **(_COMMON | {"timeout": 600}),
+)
+async def kept_downloads() -> AsyncIterator[Workload]:
+    """The media-churn scenario, with every downloaded payload kept "for a cache"."""
+    kept: list[bytes] = []
+
+    def on_download(data: bytes) -> None:
+        kept.append(data)  # BUG: kept-downloads
+
+    async with media_churn_rig(on_download, name="mutant-kept-downloads") as workload:
+        yield workload
+
+
+MUTANTS: list[Scenario] = [
+    listeners,
+    offline_buffer,
+    scheduled_jobs,
+    session_refs,
+    orphan_tasks,
+    kept_downloads,
+]

@@ -19,6 +19,9 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
   and restarted every 100 cycles; records go to the bounded buffer and the spool, then drain.
 - ``scheduler-churn``: scheduled messages created, fired through the Client and cancelled, on
   a real redis-server.
+- ``media-churn``: the WhatsApp surface through ``IsolatedTransport`` (simulated worker): a
+  256 KiB image sent, a reaction, a reply, a 256 KiB inbound media message downloaded and a
+  group queried per cycle.
 - ``mutant-*``: :mod:`harness.mutants`, the incident's bugs; each must be reported leaking.
 """
 
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from waclient import Client
     from waclient.transports.simulated import SimulatedTransport
 
-__all__ = ["builtin_scenarios", "client_rig", "reconnect_cycle", "resolve"]
+__all__ = ["builtin_scenarios", "client_rig", "media_churn_rig", "reconnect_cycle", "resolve"]
 
 
 # -- shared rigs -----------------------------------------------------------------------------------
@@ -398,12 +401,60 @@ async def scheduler_churn() -> AsyncIterator[Workload]:
 # -- resolution ------------------------------------------------------------------------------------
 
 
+# -- the WhatsApp surface -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def media_churn_rig(
+    on_download: Any = None, *, name: str = "media-churn"
+) -> AsyncIterator[Workload]:
+    """A Client on IsolatedTransport with the simulated worker; each cycle sends a 256 KiB
+    image, reacts to it, replies to an inbound message, receives a 256 KiB inbound media
+    message through the worker and downloads it, and queries a group. ``on_download(data)``
+    sees each downloaded payload."""
+    from waclient import Backoff, Client, ClientState
+    from waclient.events import MessageEv
+    from waclient.transports.isolated import IsolatedTransport
+    from waclient.transports.simulated import media_message_event, message_event
+
+    image = os.urandom(256 * 1024)
+    with tempfile.TemporaryDirectory(prefix=f"soak-{name}-") as tmp:
+        transport = IsolatedTransport(os.path.join(tmp, "media.db"), worker="simulated")
+        client = Client(transport, backoff=Backoff(0, 0, jitter=0))
+        async with client:
+            await client.wait_for(ClientState.CONNECTED, timeout=60)
+            group = await client.create_group("soak", ["15550000001"])
+            inbound: deque[Any] = deque(maxlen=1)
+            client.on(MessageEv, inbound.append)
+
+            async def cycle(i: int) -> None:
+                sent = await client.send_image("15550000001", image, caption=f"c{i}")
+                await client.react(sent, "👍")
+                await client.reply(message_event(text=f"q{i}", id=f"Q{i}"), f"a{i}")
+                await transport.emit(media_message_event("image", 256 * 1024, seed=i % 16))
+                await client.idle()
+                data = await client.download(inbound.pop())
+                if on_download is not None:
+                    on_download(data)
+                await client.group_info(group.JID)
+
+            yield Workload(cycle, [client.registry])
+
+
+@scenario("media-churn", cycles=2000, warmup=200, suite_cycles=1000, long_cycles=5000, timeout=900)
+async def media_churn() -> AsyncIterator[Workload]:
+    """The WhatsApp surface through the isolated worker: media sends, reactions, replies,
+    256 KiB downloads and group queries; the parent stays bounded."""
+    async with media_churn_rig() as workload:
+        yield workload
+
+
 def builtin_scenarios() -> dict[str, Scenario]:
     """Every built-in scenario by name, mutants included, in suite order."""
     from harness import mutants
 
     found = [reconnect, burst, redis_outage, scheduler_churn, neonize_storm_raw]
-    found += [neonize_storm_isolated, *mutants.MUTANTS]
+    found += [neonize_storm_isolated, media_churn, *mutants.MUTANTS]
     return {s.name: s for s in found}
 
 
