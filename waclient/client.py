@@ -298,7 +298,7 @@ class Client(WhatsApp):
         that cannot cross, and :class:`NotConnectedError` without a live connection, both
         before anything is sent.
         """
-        calls.encode(method, args, kwargs)  # every check, before the connection is asked for
+        calls.check_method(method)  # the transport checks the arguments before sending
         if self._connection is None:
             raise NotConnectedError(
                 f"cannot call {method}: no live connection (state: {self.state.value})"

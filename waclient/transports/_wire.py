@@ -24,6 +24,7 @@ class WorkerSpec:
     name: str
     proxy: str | None
     max_frame: int
+    max_in_flight: int
 
 
 def control_frame(*message: Any) -> bytes:

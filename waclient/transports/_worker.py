@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -77,6 +78,8 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
             return
         send_frame(frame)
 
+    # The parent sends at most max_in_flight requests at once: a pool that size never queues.
+    calls_pool = ThreadPoolExecutor(spec.max_in_flight, thread_name_prefix="worker-call")
     control("ready", os.getpid())
     while True:
         try:
@@ -92,8 +95,7 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
             control("pong", message[1])
         elif kind == "call":
             _, request_id, wire = message
-            call = functools.partial(go.call, wire)
-            threading.Thread(target=reply, args=(request_id, call), daemon=True).start()
+            calls_pool.submit(reply, request_id, functools.partial(go.call, wire))
         elif kind in ("emit", "disconnect"):
             reply(message[1], functools.partial(go.debug, kind, *message[2:]))
         elif kind == "exit":

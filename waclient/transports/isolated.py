@@ -99,7 +99,7 @@ class IsolatedTransport:
     ) -> None:
         if max_frame < 1 or max_in_flight < 1:
             raise ValueError("max_frame and max_in_flight must be >= 1")
-        self.spec = WorkerSpec(worker, str(database), name, proxy, max_frame)
+        self.spec = WorkerSpec(worker, str(database), name, proxy, max_frame, max_in_flight)
         self.rss_budget = rss_budget
         self.recycle_after_failures = recycle_after_failures
         # neonize also leaks a file descriptor per failed connect (docs/facts.md): with a
@@ -344,7 +344,8 @@ class IsolatedTransport:
             try:
                 worker.send_frame(frame)
                 del frame
-                return await asyncio.wait_for(future, self.request_timeout)
+                async with asyncio.timeout(self.request_timeout):
+                    return await future
             except TimeoutError:
                 name = _request_name(kind, payload)
                 raise TransportError(f"{name} timed out after {self.request_timeout}s") from None

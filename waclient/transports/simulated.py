@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from neonize.proto import Neonize_pb2 as pb
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
@@ -58,6 +58,7 @@ __all__ = [
     "temporary_ban_event",
 ]
 
+T = TypeVar("T")
 Outcome = Literal["ok", "fail"]
 MediaKind = Literal["image", "video", "audio", "document", "sticker"]
 MEDIA_KINDS: tuple[MediaKind, ...] = ("image", "video", "audio", "document", "sticker")
@@ -155,12 +156,14 @@ class SimulatedTransport:
         _, wire_args, wire_kwargs = calls.encode(method, args, kwargs)
         if self._session is None:
             raise TransportError("not connected: no session is running")
-        result = self.whatsapp.answer(
-            method,
-            [calls.decode_value(a) for a in wire_args],
-            {k: calls.decode_value(v) for k, v in wire_kwargs.items()},
-        )
-        return calls.decode_value(calls.encode_value(result))
+
+        def answer() -> Any:
+            args = [calls.decode_value(a) for a in wire_args]
+            kwargs = {k: calls.decode_value(v) for k, v in wire_kwargs.items()}
+            return calls.encode_value(self.whatsapp.answer(method, args, kwargs))
+
+        # Off the loop, as neonize's blocking calls are in the in-process transport.
+        return calls.decode_value(await self._on_go_thread(answer))
 
     async def pair_phone(self, phone: str) -> str:
         return str(await self.call("PairPhone", phone, True))
@@ -247,23 +250,24 @@ class SimulatedTransport:
         if target is not None:
             target(event)
 
-    async def _on_go_thread(self, job: Callable[[], None]) -> None:
+    async def _on_go_thread(self, job: Callable[[], T]) -> T:
+        """Run ``job`` on the simulated Go side's thread; its result or its exception."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[T] = loop.create_future()
 
         def run() -> None:
             try:
-                job()
+                result = job()
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, done, exc)
+                loop.call_soon_threadsafe(_settle, done, exc, None)
             else:
-                loop.call_soon_threadsafe(_settle, done, None)
+                loop.call_soon_threadsafe(_settle, done, None, result)
 
         if self._go_thread is None:
             self._go_thread = threading.Thread(target=self._go_loop, name="sim-go", daemon=True)
             self._go_thread.start()
         self._jobs.put(run)
-        await done
+        return await done
 
     def _go_loop(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -680,10 +684,10 @@ def client_outdated_event() -> Event:
     return event
 
 
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+def _settle(future: asyncio.Future[T], exc: BaseException | None, result: Any) -> None:
     if future.done():
         return
     if exc is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(exc)
