@@ -397,3 +397,61 @@ async def test_the_inbox_is_bounded_in_bytes() -> None:
         await flood
         await client.idle()
         assert client.stats()["inbox_bytes"] == 0
+
+
+SEND_200_MIB = """
+import asyncio, os, resource, sys
+from waclient import Backoff, Client, ClientState, IsolatedTransport, PayloadTooLarge
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+async def main(tmp):
+    big = os.path.join(tmp, "big.mp4")
+    with open(big, "wb") as f:
+        f.truncate(200 * 2**20)
+    data = b"\\x01" * (200 * 2**20)
+    refused = []
+    transport = IsolatedTransport(os.path.join(tmp, "s.db"), worker="simulated")
+    async with Client(transport, backoff=Backoff(0, 0, jitter=0)) as client:
+        await client.wait_for(ClientState.CONNECTED, timeout=60)
+        await client.send_image("15550000001", b"\\x01" * 2**20)
+        before = peak()
+        for media in (big, data):  # the client's limit: the path is never read
+            try:
+                await client.send_video("15550000001", media)
+            except PayloadTooLarge as exc:
+                refused.append(str(exc))
+        client.max_media_bytes = 2**30  # past the client: the worker's frame limit
+        try:
+            await client.send_video("15550000001", data)
+        except PayloadTooLarge as exc:
+            refused.append(str(exc))
+        assert (await client.send_text("15550000001", "still fine")).text == "still fine"
+    print(len(refused), peak() - before)
+    for r in refused:
+        print(r)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_200_mib_of_media_is_refused_without_buffering(tmp_path: Path) -> None:
+    """Through a worker with the default 64 MiB limits: a clear error, and the parent's peak
+    RSS grows by less than 80 MiB (measured in a process of its own)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SEND_200_MIB, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    first, *reasons = done.stdout.strip().splitlines()
+    count, growth = (int(x) for x in first.split())
+    print(f"\n200 MiB refused {count} times; parent peak RSS growth {growth / 2**20:.1f} MiB")
+    assert count == 3 and growth < 80 * 2**20
+    assert "max_media_bytes" in reasons[0] and "max_media_bytes" in reasons[1]
+    assert "frame limit (64.0 MiB); nothing was sent" in reasons[2]
