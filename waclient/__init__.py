@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
 from waclient.client import Backoff, Client, ClientState, NotConnectedError, StateChange
 from waclient.handlers import (
     HandlerRegistry,
