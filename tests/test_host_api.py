@@ -42,6 +42,7 @@ def make_settings(tmp: Path, redis_url: str | None, **overrides: Any) -> Any:
         "send_rate": 1000,
         "schedule_burst": 1000,
         "schedule_rate": 1000,
+        "auth_failures": 1_000_000,  # the auth matrix fails on purpose, from one address
     }
     base.update(overrides)
     return load_settings(**base)

@@ -87,11 +87,15 @@ def test_send_rate_limit_is_429_with_retry_after_per_key(tmp_path: Path, redis_u
         assert int(r.headers["Retry-After"]) >= 1
         # bad input still spends a token: the limit is checked before the body
         assert api.post("/messages/text", json={"to": "x", "text": ""}).status_code == 429
-        with client_for(srv.url, OTHER_KEY) as other:  # the other key has its own bucket
-            assert other.post("/messages/text", json=MSG).status_code == 200
+        assert "for this API key" in r.json()["message"]
+        with client_for(srv.url, OTHER_KEY) as other:
+            # the other key has a full bucket of its own, but the number's budget is shared
+            refused = other.post("/messages/text", json=MSG)
+            assert refused.status_code == 429
+            assert "outbound budget" in refused.json()["message"]
         assert api.get("/session").status_code == 200  # reads are not rate limited
         metrics = api.get("/metrics").text
-        assert 'waclient_sends_total{outcome="rate_limited"} 2.0' in metrics
+        assert 'waclient_sends_total{outcome="rate_limited"} 3.0' in metrics
 
 
 def test_schedule_rate_limit_is_429(tmp_path: Path, redis_url: str) -> None:

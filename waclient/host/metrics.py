@@ -199,8 +199,13 @@ class _HostCollector(Collector):
             )
         yield CounterMetricFamily(
             "waclient_rate_limited",
-            "Requests refused with 429.",
+            "Requests refused with 429 by a key's send or scheduling bucket.",
             value=host.send_limiter.limited + host.schedule_limiter.limited,
+        )
+        yield CounterMetricFamily(
+            "waclient_scheduled_sends_paced",
+            "Scheduled sends that waited for a token of the number's outbound budget.",
+            value=host.send_budget.waited,
         )
 
 

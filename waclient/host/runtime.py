@@ -28,7 +28,7 @@ from waclient.memory import (
 from waclient.transport import NeonizeTransport, Transport
 
 from .config import Settings
-from .limits import RateLimiter
+from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 
 if TYPE_CHECKING:
@@ -113,6 +113,14 @@ class Host:
         self.schedule_limiter = RateLimiter(
             settings.schedule_rate, settings.schedule_burst, max_keys=settings.rate_limit_keys
         )
+        self.send_budget = SendBudget(settings.send_rate, settings.send_burst)
+        """The number's one outbound budget: HTTP and scheduled sends alike."""
+        self.auth_throttle = RateLimiter(
+            settings.auth_failures / settings.auth_failure_window,
+            settings.auth_failures,
+            max_keys=settings.rate_limit_keys,
+        )
+        """Failed key checks per client address."""
         self.metrics = HostMetrics(self)
         self.transport: Transport | None = None
         self.client: Client | None = None
@@ -220,6 +228,8 @@ class Host:
                 max_jobs_per_session=s.max_scheduled,
                 max_text_length=s.max_text_length,
                 poll_interval=s.scheduler_poll,
+                min_interval=s.cron_min_interval,
+                pacer=self.send_budget,
             )
             await self.scheduler.start()
         else:
