@@ -4,6 +4,9 @@ often, oversized and slow requests, too many connections, keys in URLs, failed-k
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -11,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import redis as redis_sync
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 from test_host_limits import client_for, wait_until
+from test_host_process import answers, free_port, host_env, host_process
 
 from harness.simulate import SimulatedTransport
 from waclient.host import create_app
+from waclient.host.http_guard import guard_stats
 from waclient.host.testing import RunningServer, serve
 from waclient.redis import open_redis
 from waclient.scheduler import Scheduler
@@ -34,15 +40,16 @@ def scheduler_keys(url: str, prefix: str = "waclient") -> list[bytes]:
 
 
 class TimedTransport(SimulatedTransport):
-    """Records when each send happened (monotonic seconds)."""
+    """Records when each send began and ended (monotonic seconds)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.send_times: list[float] = []
+        self.send_times: list[tuple[float, float]] = []
 
     async def send_text(self, chat: str, text: str) -> SentMessage:
+        began = time.monotonic()
         sent = await super().send_text(chat, text)
-        self.send_times.append(time.monotonic())
+        self.send_times.append((began, time.monotonic()))
         return sent
 
 
@@ -129,19 +136,20 @@ def test_scheduled_sends_never_exceed_the_send_rate(tmp_path: Path, redis_url: s
         assert api.get("/scheduled").json()["jobs"] == []
         paced = api.get("/metrics").text
     times = transport.send_times
-    # A token bucket allows at most burst + rate * T sends in any span of T seconds; a loaded
-    # machine can only make the sends slower, never faster.
-    for i in range(len(times)):
-        for j in range(i + 1, len(times)):
-            assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1e-6, (i, j)
+    # The scheduler sends one job after the other, each after taking a token: the tokens of
+    # sends i..j were all taken between the end of send i-1 and the start of send j, and a
+    # token bucket gives at most burst + rate * T tokens in any T seconds. A loaded machine can
+    # only make the sends slower, never faster.
+    for i in range(1, len(times)):
+        for j in range(i, len(times)):
+            span = times[j][0] - times[i - 1][1]
+            assert j - i + 1 <= burst + rate * span + 1e-6, (i, j, span)
     assert "waclient_scheduled_sends_paced_total" in paced
 
 
 def test_scheduled_and_direct_sends_share_one_budget(tmp_path: Path, redis_url: str) -> None:
     transport = TimedTransport()
-    settings = make_settings(
-        tmp_path, redis_url, send_rate=0.01, send_burst=3, scheduler_poll=0.05
-    )
+    settings = make_settings(tmp_path, redis_url, send_rate=0.01, send_burst=3, scheduler_poll=0.05)
     with serve(create_app(settings, transport=transport)) as srv, client_for(srv.url) as api:
         wait_ready(api)
         at = soon(1)
@@ -193,3 +201,220 @@ async def test_a_cron_job_is_never_sent_twice_within_the_minimum_interval(redis_
         assert after is not None and after.next_run == job.next_run + timedelta(minutes=10)
     finally:
         await redis.aclose()
+
+
+# -- the HTTP server: header limits, read timeouts, connection caps -----------------------------
+
+REQUEST_HEAD = b"GET /health HTTP/1.1\r\nHost: test\r\n"
+
+
+def raw_exchange(port: int, data: bytes, *, source: str = "127.0.0.1") -> bytes:
+    """Send ``data`` on a fresh connection from ``source``; everything read until the server
+    closes (or 30 s pass)."""
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        with contextlib.suppress(OSError):  # the server may refuse before reading it all
+            sock.sendall(data)
+        return read_to_eof(sock)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+def json_of(answer: bytes) -> Any:
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[RunningServer]:
+    settings = make_settings(
+        tmp_path,
+        None,
+        max_header_bytes="8KiB",
+        max_headers=20,
+        header_timeout=0.5,
+        body_timeout=0.5,
+        max_connections_per_client=8,
+    )
+    with serve(create_app(settings)) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (REQUEST_HEAD + b"X-Big: " + b"a" * 10_000 + b"\r\n\r\n", "8192 bytes"),
+        (REQUEST_HEAD + b"".join(b"X-%d: 1\r\n" % i for i in range(25)) + b"\r\n", "20 headers"),
+        (REQUEST_HEAD + b"X-Endless: " + b"a" * 100_000, "8192 bytes"),  # never finished
+        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", "8192 bytes"),
+    ],
+)
+def test_header_limits_are_431(guarded: RunningServer, head: bytes, why: str) -> None:
+    answer = raw_exchange(guarded.port, head)
+    assert status_of(answer) == 431
+    body = json_of(answer)
+    assert body["error"] == "headers_too_large" and why in body["message"]
+    assert httpx.get(f"{guarded.url}/health").status_code == 200
+
+
+def test_headers_within_limits_pass(guarded: RunningServer) -> None:
+    head = REQUEST_HEAD + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 300) for i in range(15))
+    assert status_of(raw_exchange(guarded.port, head + b"Connection: close\r\n\r\n")) == 200
+
+
+def test_slow_headers_and_slow_bodies_are_408(guarded: RunningServer) -> None:
+    # headers never finished; nothing sent at all; a body that stops at 33 of 1,000 bytes
+    for partial in (REQUEST_HEAD + b"X-Slow: 1", b""):
+        answer = raw_exchange(guarded.port, partial)
+        assert status_of(answer) == 408 and "headers took longer" in json_of(answer)["message"]
+    body_start = (
+        b"POST /messages/text HTTP/1.1\r\nHost: t\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b"{" * 33
+    )
+    answer = raw_exchange(guarded.port, body_start)
+    assert status_of(answer) == 408 and "body took longer" in json_of(answer)["message"]
+    stats = guard_stats(guarded.server.config)
+    assert stats is not None and stats.header_timeouts == 2 and stats.body_timeouts == 1
+
+
+def test_connections_per_client_are_capped(guarded: RunningServer) -> None:
+    stats = guard_stats(guarded.server.config)
+    assert stats is not None
+    socks = []
+    try:
+        for _ in range(30):
+            sock = socket.socket()
+            sock.bind(("127.0.0.7", 0))
+            sock.connect(("127.0.0.1", guarded.port))
+            socks.append(sock)
+        wait_until(lambda: stats.connections_refused == 22, "22 connections refused")
+        assert stats.open_per_client["127.0.0.7"] == 8
+        assert httpx.get(f"{guarded.url}/health").status_code == 200  # another address
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_until(lambda: "127.0.0.7" not in stats.open_per_client, "the count to drop")
+
+
+def test_head_answers_are_not_bigger_than_the_limit_for_ordinary_clients(
+    guarded: RunningServer,
+) -> None:
+    with httpx.Client(base_url=guarded.url, headers={"X-API-Key": KEY}) as c:
+        for _ in range(20):  # keep-alive: the counters restart with each request
+            assert c.get("/session", headers={"X-Pad": "p" * 4000}).status_code == 200
+
+
+# -- the same against a real `python -m waclient.host` process ----------------------------------
+
+
+@pytest.fixture
+def host_proc(tmp_path: Path) -> Iterator[tuple[int, psutil.Process]]:
+    port = free_port()
+    env = host_env(
+        WACLIENT_API_KEY=KEY,
+        WACLIENT_TRANSPORT="simulated",
+        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
+        WACLIENT_BIND="127.0.0.1",
+        WACLIENT_HEADER_TIMEOUT="3",
+        WACLIENT_LOG_LEVEL="warning",
+        PORT=str(port),
+    )
+    with host_process(env, tmp_path / "host.log") as proc:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}") or proc.poll() is not None, "up")
+        assert proc.poll() is None, (tmp_path / "host.log").read_text()
+        yield port, psutil.Process(proc.pid)
+
+
+def test_1000_slow_connections_leave_health_answering(
+    host_proc: tuple[int, psutil.Process],
+) -> None:
+    """1,000 connections from 1,000 addresses, each holding an unfinished header: /health still
+    answers (idle connections are not requests in progress), and every one of them is answered
+    408 and closed when the header timeout passes."""
+    port, _ = host_proc
+    slow: list[socket.socket] = []
+    try:
+        for i in range(1000):
+            sock = socket.socket()
+            sock.bind((f"127.1.{i // 250}.{i % 250 + 1}", 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(REQUEST_HEAD + b"X-Slow: ")
+            slow.append(sock)
+        began = time.perf_counter()
+        r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+        took = time.perf_counter() - began
+        assert r.status_code == 200
+        print(f"/health through 1,000 slow connections: {took * 1000:.1f} ms")
+        answers_408 = 0
+        for sock in slow:
+            sock.settimeout(60)
+            answers_408 += status_of(read_to_eof(sock)) == 408
+        assert answers_408 == 1000
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_1000_slow_connections_from_one_address_are_capped(
+    host_proc: tuple[int, psutil.Process],
+) -> None:
+    port, _ = host_proc
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(1000):
+            sock = socket.socket()
+            sock.bind(("127.0.0.9", 0))
+            sock.connect(("127.0.0.1", port))
+            with contextlib.suppress(OSError):  # refused ones may be closed already
+                sock.sendall(REQUEST_HEAD + b"X-Slow: ")
+            slow.append(sock)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
+        statuses = []
+        for sock in slow:
+            sock.settimeout(60)
+            answer = read_to_eof(sock)
+            statuses.append(status_of(answer) if answer else None)
+        # 32 (WACLIENT_MAX_CONNECTIONS_PER_CLIENT) held their headers until the timeout; the
+        # rest were closed on arrival
+        assert statuses.count(408) == 32 and statuses.count(None) == 968
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_50_mib_headers_never_reach_memory(host_proc: tuple[int, psutil.Process]) -> None:
+    port, proc = host_proc
+    for _ in range(5):
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    before = proc.memory_info().rss
+    chunk = b"a" * 2**20
+    refused = 0
+    for _ in range(20):
+        with socket.socket() as sock:
+            sock.settimeout(30)
+            sock.connect(("127.0.0.1", port))
+            # the server closes after its answer and a short linger: sending may fail
+            with contextlib.suppress(OSError):
+                sock.sendall(REQUEST_HEAD + b"X-Huge: ")
+                for _ in range(50):
+                    sock.sendall(chunk)
+            answer = read_to_eof(sock)
+            refused += answer.startswith(b"HTTP/1.1 431")
+    after = proc.memory_info().rss
+    growth = (after - before) / 2**20
+    print(f"RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB (+{growth:.2f} MiB)")
+    assert growth < 10, growth
+    assert refused >= 1  # the clients that read before the server hung up saw the 431
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
