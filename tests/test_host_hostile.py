@@ -24,6 +24,7 @@ from test_host_process import answers, free_port, host_env, host_process
 from harness.simulate import SimulatedTransport
 from waclient.host import create_app
 from waclient.host.http_guard import guard_stats
+from waclient.host.pagination import MAX_PAGE_BYTES
 from waclient.host.testing import RunningServer, serve
 from waclient.redis import open_redis
 from waclient.scheduler import Scheduler
@@ -418,3 +419,75 @@ def test_50_mib_headers_never_reach_memory(host_proc: tuple[int, psutil.Process]
     assert growth < 10, growth
     assert refused >= 1  # the clients that read before the server hung up saw the 431
     assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+
+
+# -- pagination --------------------------------------------------------------------------------
+
+
+def all_pages(api: httpx.Client, limit: int) -> tuple[list[dict[str, Any]], int]:
+    jobs: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": limit}
+    pages = 0
+    while True:
+        r = api.get("/scheduled", params=params)
+        assert r.status_code == 200, r.text
+        assert len(r.content) <= MAX_PAGE_BYTES + 200  # the envelope
+        body = r.json()
+        assert body["count"] == len(body["jobs"]) <= limit
+        jobs += body["jobs"]
+        pages += 1
+        if body["next_cursor"] is None:
+            return jobs, pages
+        params["cursor"] = body["next_cursor"]
+
+
+def test_pages_walk_every_job_once_in_order(api: httpx.Client) -> None:
+    at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    ids = [
+        api.post("/scheduled", json={"to": PHONE, "text": f"t{i}", "at": at}).json()["id"]
+        for i in range(23)  # all due at the same second: ties ordered by id
+    ]
+    ids += [
+        api.post("/scheduled", json={"to": PHONE, "text": "c", "cron": "0 9 * * *"}).json()["id"]
+        for _ in range(4)
+    ]
+    jobs, pages = all_pages(api, 5)
+    assert pages == 6 and sorted(j["id"] for j in jobs) == sorted(ids)  # each once
+    order = [(datetime.fromisoformat(j["next_run"]), j["id"]) for j in jobs]
+    assert order == sorted(order)  # soonest first, ties by id
+    first = api.get("/scheduled", params={"limit": 5}).json()
+    assert first["count"] == 5 and first["next_cursor"]
+    # the job the cursor points at is cancelled: the next page carries on after it
+    assert api.delete(f"/scheduled/{first['jobs'][-1]['id']}").status_code == 204
+    second = api.get("/scheduled", params={"limit": 5, "cursor": first["next_cursor"]}).json()
+    assert [j["id"] for j in second["jobs"]] == [j["id"] for j in jobs[5:10]]
+    assert api.get("/scheduled").json()["count"] == 26  # default page size 50
+
+
+def test_pages_are_bounded_in_bytes(api: httpx.Client) -> None:
+    text = "é" * 4096  # 8 KiB of UTF-8 each
+    for _ in range(60):
+        r = api.post("/scheduled", json={"to": PHONE, "text": text, "cron": "0 9 * * *"})
+        assert r.status_code == 201
+    first = api.get("/scheduled", params={"limit": 100})
+    assert len(first.content) <= MAX_PAGE_BYTES + 200
+    assert 0 < first.json()["count"] < 60 and first.json()["next_cursor"]
+    jobs, pages = all_pages(api, 100)
+    assert len({j["id"] for j in jobs}) == 60 and pages >= 2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 101},
+        {"limit": "x"},
+        {"cursor": "not a cursor"},
+        {"cursor": "W10"},  # [] : no position
+        {"cursor": "WyIxIiwiMiJd"},  # ["1","2"]: not a job id
+        {"cursor": "x" * 600},
+    ],
+)
+def test_bad_page_parameters_are_422(api: httpx.Client, params: dict[str, Any]) -> None:
+    r = api.get("/scheduled", params=params)
+    assert r.status_code == 422 and r.json()["error"] == "validation_error", r.text

@@ -58,6 +58,7 @@ __all__ = [
     "InvalidChatError",
     "InvalidCronError",
     "InvalidTimezoneError",
+    "JobPosition",
     "NaiveDateTimeError",
     "ScheduledJob",
     "Scheduler",
@@ -284,6 +285,33 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
+# KEYS[1] due zset. ARGV[1] the cursor's score ('' to start at the beginning), ARGV[2] the
+# cursor's id, ARGV[3] limit, ARGV[4] job key prefix. Returns {id, score, {hash fields...}, ...}
+# in the zset's order (score, then id), after (score, id).
+_PAGE = """
+local out, limit, n = {}, tonumber(ARGV[3]), 0
+local function add(id, score)
+  out[#out + 1] = id
+  out[#out + 1] = score
+  out[#out + 1] = redis.call('HGETALL', ARGV[4] .. id)
+  n = n + 1
+end
+local start = '-inf'
+if ARGV[1] ~= '' then
+  local same = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'WITHSCORES')
+  for i = 1, #same, 2 do
+    if n >= limit then return out end
+    if same[i] > ARGV[2] then add(same[i], same[i + 1]) end
+  end
+  start = '(' .. ARGV[1]
+end
+if n >= limit then return out end
+local rest = redis.call('ZRANGEBYSCORE', KEYS[1], start, '+inf', 'WITHSCORES',
+  'LIMIT', 0, limit - n)
+for i = 1, #rest, 2 do add(rest[i], rest[i + 1]) end
+return out
+"""
+
 # KEYS[1] due zset, KEYS[2] job hash. ARGV[1] id.
 _CANCEL = """
 local n = redis.call('DEL', KEYS[2])
@@ -333,6 +361,27 @@ class ScheduledJob:
             "failures": self.failures,
             "claimed": self.claimed,
         }
+
+
+class JobPosition(tuple[str, str]):
+    """Where a job sits in the due index: (its score as Redis writes it, its id)."""
+
+    __slots__ = ()
+
+    def __new__(cls, score: str, job_id: str) -> JobPosition:
+        return super().__new__(cls, (score, job_id))
+
+    @classmethod
+    def parse(cls, score: object, job_id: object) -> JobPosition:
+        """A position read back from a client (:class:`ValueError` if it is not one)."""
+        if not isinstance(score, str) or not _SCORE.fullmatch(score):
+            raise ValueError("not a score")
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise ValueError("not a job id")
+        return cls(score, job_id)
+
+
+_SCORE = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?")
 
 
 def _ts(dt: datetime) -> str:
@@ -450,6 +499,7 @@ class Scheduler:
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._cancel = redis.register_script(_CANCEL)
+        self._page = redis.register_script(_PAGE)
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
 
@@ -513,6 +563,33 @@ class Scheduler:
             self._read({_decode(k): _decode(v) for k, v in raw.items()}) for raw in hashes if raw
         ]
         return sorted((j for j in jobs if j is not None), key=lambda j: (j.next_run, j.id))
+
+    async def page(
+        self, limit: int, after: JobPosition | None = None
+    ) -> tuple[builtins.list[tuple[JobPosition, ScheduledJob]], JobPosition | None]:
+        """At most ``limit`` jobs after position ``after`` (None: from the start), in the due
+        index's order (soonest first; a job being sent sorts at the end of its lease), each with
+        its position; and the position to continue from, or None at the end.
+
+        A job present during the whole listing and not re-armed meanwhile appears exactly once
+        across the pages; jobs that cannot be read are skipped (logged)."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        score, job_id = after if after is not None else ("", "")
+        flat = await self._page(
+            keys=[self._due_key], args=[score, job_id, limit + 1, self._job_prefix]
+        )
+        rows: builtins.list[tuple[JobPosition, ScheduledJob]] = []
+        positions: builtins.list[JobPosition] = []
+        for i in range(0, len(flat) - 2, 3):
+            position = JobPosition(_decode(flat[i + 1]), _decode(flat[i]))
+            positions.append(position)
+            raw = _pairs(flat[i + 2])
+            job = self._read(raw) if raw else None  # empty: cancelled meanwhile
+            if job is not None and len(positions) <= limit:
+                rows.append((position, job))
+        more = len(positions) > limit
+        return rows, positions[limit - 1] if more else None
 
     async def count(self) -> int:
         """Jobs in the namespace."""
