@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from test_host_process import answers, free_port, host_env, host_process
 from harness.simulate import SimulatedTransport
 from waclient.host import create_app
 from waclient.host.http_guard import guard_stats
+from waclient.host.limits import RateLimiter
 from waclient.host.pagination import MAX_PAGE_BYTES
 from waclient.host.testing import RunningServer, serve
 from waclient.redis import open_redis
@@ -491,3 +493,93 @@ def test_pages_are_bounded_in_bytes(api: httpx.Client) -> None:
 def test_bad_page_parameters_are_422(api: httpx.Client, params: dict[str, Any]) -> None:
     r = api.get("/scheduled", params=params)
     assert r.status_code == 422 and r.json()["error"] == "validation_error", r.text
+
+
+# -- health, keys in URLs, readiness, the failed-key throttle, docs -------------------------------
+
+
+def test_head_on_health_routes(api: httpx.Client, host: RunningServer) -> None:
+    assert api.head("/health").status_code == 200
+    ready = api.head("/health/ready")
+    assert ready.status_code == 200 and ready.content == b""
+
+
+def test_head_on_readiness_says_not_ready(tmp_path: Path, redis_url: str) -> None:
+    sim = SimulatedTransport(auto_connect=False)
+    with serve(create_app(make_settings(tmp_path, redis_url), transport=sim)) as srv:
+        assert httpx.head(f"{srv.url}/health/ready").status_code == 503
+        assert httpx.head(f"{srv.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["api_key", "API_KEY", "apikey", "x-api-key", "key"])
+def test_a_key_in_the_query_string_is_refused(api: httpx.Client, name: str) -> None:
+    for path in ("/session", "/health", "/nope"):
+        r = api.get(path, params={name: KEY, "other": "1"})  # even with the header's key
+        assert r.status_code == 400 and r.json()["error"] == "key_in_query", r.text
+        assert KEY not in r.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [("maxmemory", "1", "maxmemory"), ("min-replicas-to-write", "1", "replicas")],
+)
+def test_readiness_reflects_redis_refusing_writes(
+    api: httpx.Client, redis_url: str, setting: str, value: str, error: str
+) -> None:
+    with redis_sync.Redis.from_url(redis_url) as r:
+        before = r.config_get(setting)[setting]
+        r.config_set(setting, value)
+        try:
+            wait_until(lambda: api.get("/health/ready").status_code == 503, "not ready")
+            body = api.get("/health/ready").json()
+            assert body["redis"]["up"] is True and body["redis"]["writable"] is False
+            assert error in body["redis"]["write_error"]
+            assert api.head("/health/ready").status_code == 503
+        finally:
+            r.config_set(setting, before)
+    wait_until(lambda: api.get("/health/ready").status_code == 200, "ready again")
+    assert api.get("/health/ready").json()["redis"]["writable"] is True
+
+
+def test_failed_key_checks_are_throttled_per_address(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(tmp_path, redis_url, auth_failures=3, auth_failure_window=3600)
+    with serve(create_app(settings)) as srv:
+        other_address = httpx.HTTPTransport(local_address="127.0.0.3")
+        with (
+            httpx.Client(base_url=srv.url) as attacker,
+            httpx.Client(base_url=srv.url, transport=other_address) as other,
+        ):
+            wrong = {"X-API-Key": "wrong-key-0123456789abcdef"}
+            codes = [attacker.get("/session", headers=wrong).status_code for _ in range(3)]
+            assert codes == [401, 401, 401]
+            r = attacker.get("/session", headers=wrong)
+            assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+            assert "failed API key checks" in r.json()["message"]
+            # the right key does not help from that address; another address is not affected
+            assert attacker.get("/session", headers={"X-API-Key": KEY}).status_code == 429
+            assert other.get("/session", headers={"X-API-Key": KEY}).status_code == 200
+            assert attacker.get("/health").status_code == 200  # open routes stay open
+
+
+def test_rate_limiter_is_loop_only() -> None:
+    limiter = RateLimiter(1.0, 1)
+    assert limiter.acquire("a") == 0.0
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            limiter.acquire("a")
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "loop-only" in str(errors[0])
+
+
+def test_docs_are_off_by_default(api: httpx.Client, tmp_path: Path) -> None:
+    assert api.get("/docs").status_code == 404 and api.get("/redoc").status_code == 404
+    assert api.get("/openapi.json").status_code == 200
+    with serve(create_app(make_settings(tmp_path, None, docs=True))) as srv:
+        assert httpx.get(f"{srv.url}/docs").status_code == 200

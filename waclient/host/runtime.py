@@ -30,6 +30,7 @@ from waclient.transport import NeonizeTransport, Transport
 from .config import Settings
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
+from .readiness import ReadinessProbe
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -122,6 +123,7 @@ class Host:
         )
         """Failed key checks per client address."""
         self.metrics = HostMetrics(self)
+        self.readiness = ReadinessProbe(self)
         self.transport: Transport | None = None
         self.client: Client | None = None
         self.redis: Redis | None = None
