@@ -203,10 +203,15 @@ def validate_when(when: object, now: datetime) -> datetime:
 
 def check_interval(expr: str, tz: tzinfo, after: datetime, minimum: float) -> None:
     """:class:`InvalidCronError` if two of the next fire times of ``expr`` are closer than
-    ``minimum`` seconds (checked over the next 64)."""
-    times = [next_cron_time(expr, tz, after)]
-    for _ in range(_CRON_SAMPLE - 1):
-        times.append(next_cron_time(expr, tz, times[-1]))
+    ``minimum`` seconds (checked over the next 64; nothing to check for a minute or less, as a
+    5-field expression fires at most once a minute)."""
+    if minimum <= 60:
+        return
+    try:
+        it = croniter(expr, after.astimezone(tz))
+        times = [it.get_next(datetime) for _ in range(_CRON_SAMPLE)]
+    except Exception as exc:
+        raise InvalidCronError(f"cron expression {expr!r} never fires ({exc})") from None
     gap = min((b - a).total_seconds() for a, b in itertools.pairwise(times))
     if gap < minimum:
         raise InvalidCronError(
