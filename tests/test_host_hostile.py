@@ -305,6 +305,8 @@ def test_connections_per_client_are_capped(guarded: RunningServer) -> None:
         wait_until(lambda: stats.connections_refused == 22, "22 connections refused")
         assert stats.open_per_client["127.0.0.7"] == 8
         assert httpx.get(f"{guarded.url}/health").status_code == 200  # another address
+        metrics = httpx.get(f"{guarded.url}/metrics", headers={"X-API-Key": KEY}).text
+        assert 'waclient_http_refused_total{reason="connections_refused"} 22.0' in metrics
     finally:
         for sock in socks:
             sock.close()

@@ -90,11 +90,13 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     :func:`waclient.host.testing.serve`): the guarded protocol, no websockets, no server
     header, uvicorn's own concurrency limit off (the guard's replaces it)."""
     limits = ConnectionLimits.from_settings(settings)
+    stats = GuardStats()
     protocol = type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"limits": limits, "stats": GuardStats()},
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits, "stats": stats}
     )
+    host = getattr(getattr(app, "state", None), "host", None)
+    if host is not None:
+        host.http_guard = stats  # for /metrics
     options: dict[str, Any] = {
         "host": settings.bind,
         "port": settings.port,

@@ -28,6 +28,7 @@ from waclient.memory import (
 from waclient.transport import NeonizeTransport, Transport
 
 from .config import Settings
+from .http_guard import GuardStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
@@ -122,6 +123,8 @@ class Host:
             max_keys=settings.rate_limit_keys,
         )
         """Failed key checks per client address."""
+        self.http_guard: GuardStats | None = None
+        """The HTTP guard's counters, once :func:`.http_guard.server_config` serves the app."""
         self.metrics = HostMetrics(self)
         self.readiness = ReadinessProbe(self)
         self.transport: Transport | None = None
