@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from harness.faults import FaultProxy
+from harness.faults import FaultProxy, Socks5Refuser
 
 KEY = "process-key-0123456789abcdef"
 PHONE = "+15551234567"
@@ -178,3 +178,44 @@ def test_sigkill_during_an_outage_then_restart(tmp_path: Path, fault_proxy: Faul
         stored = [f[b"id"].decode() for _, f in r.xrange("waclient:messages:out")]
     assert stored == sent  # every message, in order, exactly once
     api.close()
+
+
+def test_hard_memory_limit_exits_3(tmp_path: Path) -> None:
+    """Past the hard limit the host shuts down gracefully and exits with status 3, for the
+    platform to restart it."""
+    env = host_env(
+        WACLIENT_API_KEY=KEY,
+        WACLIENT_TRANSPORT="simulated",
+        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
+        WACLIENT_BIND="127.0.0.1",
+        PORT=str(free_port()),
+        WACLIENT_MEMORY_SOFT_LIMIT="1KiB",
+        WACLIENT_MEMORY_HARD_LIMIT="2KiB",
+        WACLIENT_MEMORY_CHECK_INTERVAL="0.1",
+    )
+    log = tmp_path / "host.log"
+    with host_process(env, log) as proc:
+        assert proc.wait(120) == 3, log.read_text()
+    text = log.read_text()
+    assert "hard" in text and "host closed" in text
+
+
+def test_proxy_setting_reaches_the_worker(tmp_path: Path, socks5_refuser: Socks5Refuser) -> None:
+    """WACLIENT_PROXY: the isolated transport's real neonize worker dials WhatsApp through it."""
+    port = free_port()
+    env = host_env(
+        WACLIENT_API_KEY=KEY,
+        WACLIENT_TRANSPORT="isolated",
+        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
+        WACLIENT_BIND="127.0.0.1",
+        PORT=str(port),
+        WACLIENT_PROXY=socks5_refuser.address,
+    )
+    log = tmp_path / "host.log"
+    with host_process(env, log) as proc:
+        wait_until(lambda: socks5_refuser.attempts > 0 or proc.poll() is not None, "a CONNECT", 120)
+        assert proc.poll() is None, log.read_text()
+        assert socks5_refuser.last_target is not None
+        assert socks5_refuser.last_target[1] == 443  # WhatsApp's web socket, refused
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM

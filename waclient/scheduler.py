@@ -20,6 +20,16 @@ across a crash between send and settle, exactly-once otherwise). Sends are bound
 
 Creating checks the cap on jobs per namespace in the same script that stores the job, so two
 hosts creating at once cannot pass it.
+
+Nothing unreadable is stored: a one-shot date must lie within :data:`MAX_AHEAD` of now (so every
+stored due time reads back), and a cron expression must not fire more often than
+``min_interval`` (default a minute). A job hash that cannot be read all the same (written by
+something else, or damaged) is logged and skipped by :meth:`Scheduler.list`, read as absent by
+:meth:`Scheduler.get`, and removed by :meth:`Scheduler.tick`: it never stops the others.
+
+Sends can be paced by a :class:`SendPacer` (the host's one outbound budget per number): each
+send waits for a token, and a tick claims no more jobs than there are tokens (at least one), so
+a claim is never held for long while its jobs wait.
 """
 
 from __future__ import annotations
@@ -27,30 +37,36 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import itertools
 import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from redis.asyncio import Redis
 
 __all__ = [
+    "MAX_AHEAD",
     "DateInPastError",
+    "DateOutOfRangeError",
     "EmptyTextError",
     "InvalidChatError",
     "InvalidCronError",
     "InvalidTimezoneError",
+    "JobPosition",
     "NaiveDateTimeError",
     "ScheduledJob",
     "Scheduler",
     "SchedulerError",
+    "SendPacer",
     "TextTooLongError",
     "TooManyJobsError",
+    "check_interval",
     "next_cron_time",
     "validate_cron",
     "validate_when",
@@ -63,6 +79,20 @@ JobKind = Literal["cron", "once"]
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
+MAX_AHEAD = timedelta(days=36_525)
+"""How far ahead a one-shot job may be set: 100 years."""
+_CRON_SAMPLE = 64
+"""Consecutive fire times checked against the minimum interval when a cron job is created."""
+
+
+class SendPacer(Protocol):
+    """An outbound budget shared with other senders: ``available()`` tokens now, and
+    ``wait()`` until one is taken."""
+
+    def available(self) -> int: ...
+
+    async def wait(self) -> None: ...
+
 
 class SchedulerError(ValueError):
     """A scheduling request that cannot be accepted; the message says why in one line."""
@@ -73,6 +103,10 @@ class InvalidCronError(SchedulerError):
 
 
 class DateInPastError(SchedulerError):
+    pass
+
+
+class DateOutOfRangeError(SchedulerError):
     pass
 
 
@@ -141,19 +175,48 @@ def next_cron_time(expr: str, tz: tzinfo, after: datetime) -> datetime:
 
 
 def validate_when(when: object, now: datetime) -> datetime:
-    """``when`` in UTC, if it is a timezone-aware datetime after ``now``."""
+    """``when`` in UTC, if it is a timezone-aware datetime after ``now`` and at most
+    :data:`MAX_AHEAD` later (:class:`DateOutOfRangeError` past that, or when it has no UTC
+    equivalent, such as year 1 at +14:00)."""
     if not isinstance(when, datetime):
         raise NaiveDateTimeError(f"when must be a datetime, not {type(when).__name__}")
     if when.tzinfo is None or when.utcoffset() is None:
         raise NaiveDateTimeError(
             f"when must be timezone-aware (got naive {when.isoformat()}); add tzinfo"
         )
-    utc = when.astimezone(UTC)
+    try:
+        utc = when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise DateOutOfRangeError(
+            f"{when.isoformat()} is out of range: it has no UTC date-time"
+        ) from None
+    if utc > now + MAX_AHEAD:
+        raise DateOutOfRangeError(
+            f"{when.isoformat()} is out of range: at most {MAX_AHEAD.days // 365} years ahead"
+        )
     if utc <= now:
         raise DateInPastError(
             f"{when.isoformat()} is in the past (now is {now.astimezone(UTC).isoformat()})"
         )
     return utc
+
+
+def check_interval(expr: str, tz: tzinfo, after: datetime, minimum: float) -> None:
+    """:class:`InvalidCronError` if two of the next fire times of ``expr`` are closer than
+    ``minimum`` seconds (checked over the next 64; nothing to check for a minute or less, as a
+    5-field expression fires at most once a minute)."""
+    if minimum <= 60:
+        return
+    try:
+        it = croniter(expr, after.astimezone(tz))
+        times = [it.get_next(datetime) for _ in range(_CRON_SAMPLE)]
+    except Exception as exc:
+        raise InvalidCronError(f"cron expression {expr!r} never fires ({exc})") from None
+    gap = min((b - a).total_seconds() for a, b in itertools.pairwise(times))
+    if gap < minimum:
+        raise InvalidCronError(
+            f"cron expression {expr!r} fires {gap:g} s apart; the minimum interval is {minimum:g} s"
+        )
 
 
 def _timezone(tz: str | tzinfo) -> tuple[str, tzinfo]:
@@ -227,6 +290,33 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
+# KEYS[1] due zset. ARGV[1] the cursor's score ('' to start at the beginning), ARGV[2] the
+# cursor's id, ARGV[3] limit, ARGV[4] job key prefix. Returns {id, score, {hash fields...}, ...}
+# in the zset's order (score, then id), after (score, id).
+_PAGE = """
+local out, limit, n = {}, tonumber(ARGV[3]), 0
+local function add(id, score)
+  out[#out + 1] = id
+  out[#out + 1] = score
+  out[#out + 1] = redis.call('HGETALL', ARGV[4] .. id)
+  n = n + 1
+end
+local start = '-inf'
+if ARGV[1] ~= '' then
+  local same = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'WITHSCORES')
+  for i = 1, #same, 2 do
+    if n >= limit then return out end
+    if same[i] > ARGV[2] then add(same[i], same[i + 1]) end
+  end
+  start = '(' .. ARGV[1]
+end
+if n >= limit then return out end
+local rest = redis.call('ZRANGEBYSCORE', KEYS[1], start, '+inf', 'WITHSCORES',
+  'LIMIT', 0, limit - n)
+for i = 1, #rest, 2 do add(rest[i], rest[i + 1]) end
+return out
+"""
+
 # KEYS[1] due zset, KEYS[2] job hash. ARGV[1] id.
 _CANCEL = """
 local n = redis.call('DEL', KEYS[2])
@@ -278,6 +368,27 @@ class ScheduledJob:
         }
 
 
+class JobPosition(tuple[str, str]):
+    """Where a job sits in the due index: (its score as Redis writes it, its id)."""
+
+    __slots__ = ()
+
+    def __new__(cls, score: str, job_id: str) -> JobPosition:
+        return super().__new__(cls, (score, job_id))
+
+    @classmethod
+    def parse(cls, score: object, job_id: object) -> JobPosition:
+        """A position read back from a client (:class:`ValueError` if it is not one)."""
+        if not isinstance(score, str) or not _SCORE.fullmatch(score):
+            raise ValueError("not a score")
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            raise ValueError("not a job id")
+        return cls(score, job_id)
+
+
+_SCORE = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,3})?")
+
+
 def _ts(dt: datetime) -> str:
     return repr(dt.timestamp())
 
@@ -309,6 +420,21 @@ def _job_from_hash(raw: dict[str, str]) -> ScheduledJob:
     )
 
 
+def _read_job(raw: dict[str, str], where: str) -> ScheduledJob | None:
+    """The job in ``raw``, or None (logged) when the hash cannot be read as one."""
+    try:
+        return _job_from_hash(raw)
+    except (KeyError, ValueError, OverflowError, OSError) as exc:
+        log.error(
+            "%s: skipping unreadable job %r (%s: %s)",
+            where,
+            raw.get("id", "?")[:64],
+            type(exc).__name__,
+            exc,
+        )
+        return None
+
+
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_decode(flat[i]): _decode(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
@@ -335,6 +461,8 @@ class Scheduler:
         claim_batch: int = 100,
         max_failures: int = 5,
         retry_delay: float = 30.0,
+        min_interval: float = 60.0,
+        pacer: SendPacer | None = None,
     ) -> None:
         if not namespace:
             raise ValueError("namespace must not be empty")
@@ -344,8 +472,10 @@ class Scheduler:
             raise ValueError("poll_interval must be > 0")
         if not 0 < send_timeout < lease:
             raise ValueError("send_timeout must be > 0 and shorter than the lease")
-        if claim_batch < 1 or max_failures < 1 or retry_delay <= 0:
-            raise ValueError("claim_batch and max_failures must be >= 1, retry_delay > 0")
+        if claim_batch < 1 or max_failures < 1 or retry_delay <= 0 or min_interval <= 0:
+            raise ValueError(
+                "claim_batch and max_failures must be >= 1, retry_delay and min_interval > 0"
+            )
         self.redis = redis
         self.send = send
         self.namespace = namespace
@@ -357,11 +487,16 @@ class Scheduler:
         self.claim_batch = claim_batch
         self.max_failures = max_failures
         self.retry_delay = retry_delay
+        self.min_interval = min_interval
+        """Seconds a cron job waits at least between two sends."""
+        self.pacer = pacer
         self.sent = 0
         """Messages this object sent."""
         self.send_failures = 0
         """Sends this object attempted that failed."""
         self.last_error: str | None = None
+        self.unreadable = 0
+        """Unreadable job hashes met (skipped, or removed when due)."""
         self._owner = uuid.uuid4().hex[:12]
         self._due_key = f"{namespace}:due"
         self._job_prefix = f"{namespace}:job:"
@@ -369,6 +504,7 @@ class Scheduler:
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
         self._cancel = redis.register_script(_CANCEL)
+        self._page = redis.register_script(_PAGE)
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
 
@@ -388,6 +524,7 @@ class Scheduler:
         expr = validate_cron(expr)
         tz_name, zone = _timezone(tz)
         current = _aware(now)
+        check_interval(expr, zone, current, self.min_interval)
         due = next_cron_time(expr, zone, current)
         return await self._store(chat, text, "cron", due, current, cron=expr, tz=tz_name)
 
@@ -409,13 +546,13 @@ class Scheduler:
         return int(removed) > 0
 
     async def get(self, job_id: str) -> ScheduledJob | None:
-        """The job, or None."""
+        """The job, or None (also when its hash cannot be read: that is logged)."""
         if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
             return None
         raw = await self.redis.hgetall(self._job_key(job_id))
         if not raw:
             return None
-        return _job_from_hash({_decode(k): _decode(v) for k, v in raw.items()})
+        return self._read({_decode(k): _decode(v) for k, v in raw.items()})
 
     async def list(self) -> list[ScheduledJob]:
         """Every job of the namespace, soonest first."""
@@ -428,11 +565,36 @@ class Scheduler:
                 pipe.hgetall(self._job_key(job_id))
             hashes = await pipe.execute()
         jobs = [
-            _job_from_hash({_decode(k): _decode(v) for k, v in raw.items()})
-            for raw in hashes
-            if raw
+            self._read({_decode(k): _decode(v) for k, v in raw.items()}) for raw in hashes if raw
         ]
-        return sorted(jobs, key=lambda j: (j.next_run, j.id))
+        return sorted((j for j in jobs if j is not None), key=lambda j: (j.next_run, j.id))
+
+    async def page(
+        self, limit: int, after: JobPosition | None = None
+    ) -> tuple[builtins.list[tuple[JobPosition, ScheduledJob]], JobPosition | None]:
+        """At most ``limit`` jobs after position ``after`` (None: from the start), in the due
+        index's order (soonest first; a job being sent sorts at the end of its lease), each with
+        its position; and the position to continue from, or None at the end.
+
+        A job present during the whole listing and not re-armed meanwhile appears exactly once
+        across the pages; jobs that cannot be read are skipped (logged)."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        score, job_id = after if after is not None else ("", "")
+        flat = await self._page(
+            keys=[self._due_key], args=[score, job_id, limit + 1, self._job_prefix]
+        )
+        rows: builtins.list[tuple[JobPosition, ScheduledJob]] = []
+        positions: builtins.list[JobPosition] = []
+        for i in range(0, len(flat) - 2, 3):
+            position = JobPosition(_decode(flat[i + 1]), _decode(flat[i]))
+            positions.append(position)
+            raw = _pairs(flat[i + 2])
+            job = self._read(raw) if raw else None  # empty: cancelled meanwhile
+            if job is not None and len(positions) <= limit:
+                rows.append((position, job))
+        more = len(positions) > limit
+        return rows, positions[limit - 1] if more else None
 
     async def count(self) -> int:
         """Jobs in the namespace."""
@@ -448,17 +610,26 @@ class Scheduler:
         current = _aware(now)
         fired: builtins.list[str] = []
         while True:
+            batch = self.claim_batch
+            if self.pacer is not None:
+                batch = max(1, min(batch, self.pacer.available()))
             token = f"{self._owner}:{uuid.uuid4().hex[:12]}"
             lease_end = current + timedelta(seconds=self.lease)
             flat = await self._claim(
                 keys=[self._due_key],
-                args=[_ts(current), _ts(lease_end), self.claim_batch, token, self._job_prefix],
+                args=[_ts(current), _ts(lease_end), batch, token, self._job_prefix],
             )
-            claimed = [_job_from_hash(_pairs(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
-            for job in claimed:
+            for i in range(0, len(flat) - 1, 2):
+                job = self._read(_pairs(flat[i + 1]))
+                if job is None:  # it can never be sent: drop it rather than claim it forever
+                    job_id = _decode(flat[i])
+                    await self._cancel(keys=[self._due_key, self._job_key(job_id)], args=[job_id])
+                    continue
+                if self.pacer is not None:
+                    await self.pacer.wait()
                 if await self._fire(job, token, current):
                     fired.append(job.id)
-            if len(claimed) < self.claim_batch:
+            if len(flat) // 2 < batch:
                 return fired
 
     async def start(self) -> None:
@@ -491,9 +662,16 @@ class Scheduler:
             "sent": self.sent,
             "send_failures": self.send_failures,
             "last_error": self.last_error,
+            "unreadable": self.unreadable,
         }
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _read(self, raw: dict[str, str]) -> ScheduledJob | None:
+        job = _read_job(raw, f"scheduler {self.namespace}")
+        if job is None:
+            self.unreadable += 1
+        return job
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._job_prefix}{job_id}"
@@ -593,8 +771,10 @@ class Scheduler:
     def _next_cron(self, job: ScheduledJob, now: datetime) -> datetime:
         assert job.cron is not None
         _, zone = _timezone(job.tz)
-        # From the later of its due time and now: missed runs are skipped, not replayed.
-        return next_cron_time(job.cron, zone, max(now, job.next_run))
+        # From the later of its due time (plus the minimum interval) and now: missed runs are
+        # skipped, not replayed, and two sends of one job are never closer than min_interval.
+        earliest = job.next_run + timedelta(seconds=self.min_interval, microseconds=-1)
+        return next_cron_time(job.cron, zone, max(now, earliest))
 
     async def _settle_job(
         self,

@@ -25,6 +25,7 @@ def main() -> int:
     import uvicorn
 
     from waclient.host.app import create_app
+    from waclient.host.http_guard import server_config
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -38,18 +39,7 @@ def main() -> int:
             server.should_exit = True
 
     app = create_app(settings, request_shutdown=shutdown)
-    config = uvicorn.Config(
-        app,
-        host=settings.bind,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # keep the logging set up above
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
-        limit_concurrency=256,
-        timeout_keep_alive=5,
-    )
+    config = server_config(app, settings, log_config=None)  # keep the logging set up above
     server = uvicorn.Server(config)
     server.run()
     host = app.state.host

@@ -15,6 +15,7 @@ from .config import Settings, load_settings
 from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
+from .query_keys import RefuseKeyInQuery
 from .routes import health, messages, scheduled, session
 from .runtime import Host
 
@@ -26,7 +27,8 @@ DESCRIPTION = """\
 A small HTTP host for one WhatsApp session (waclient on neonize).
 
 Send the API key (`WACLIENT_API_KEY`) in the `X-API-Key` header to every endpoint except
-`/health` and `/health/ready` (and `/metrics` when `WACLIENT_METRICS_PUBLIC=true`).
+`/health` and `/health/ready` (and `/metrics` when `WACLIENT_METRICS_PUBLIC=true`), and never
+in the URL (a key in the query string is refused with 400).
 Errors have the body `{"error": code, "message": text}`; a 500 carries an `error_id` to find the
 logged traceback.
 """
@@ -66,6 +68,8 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
     )
     app.state.host = host
     app.state.settings = settings
@@ -86,6 +90,7 @@ def create_app(
         BodyLimit, max_bytes=settings.max_body_bytes, on_refused=host.metrics.bodies_refused.inc
     )
     app.add_middleware(MetricsMiddleware, metrics=host.metrics)
+    app.add_middleware(RefuseKeyInQuery)  # outermost: the key is gone before anything logs
     return app
 
 

@@ -151,6 +151,49 @@ class Settings(BaseSettings):
     scheduler_poll: float = Field(default=1.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
 
+    # hostile input (docs/host.md, "Hostile input"): keep these together
+    cron_min_interval: float = Field(
+        default=60.0,
+        ge=1,
+        description="WACLIENT_CRON_MIN_INTERVAL: seconds a cron job waits at least between two "
+        "sends; an expression that fires more often is refused with 422.",
+    )
+    send_timeout: float = Field(
+        default=60.0, gt=0, description="WACLIENT_SEND_TIMEOUT: seconds before a send is 504."
+    )
+    auth_failures: int = Field(
+        default=10,
+        ge=1,
+        description="WACLIENT_AUTH_FAILURES: failed key checks a client address may make in "
+        "WACLIENT_AUTH_FAILURE_WINDOW seconds; past that it gets 429 on every keyed route.",
+    )
+    auth_failure_window: float = Field(default=60.0, gt=0)
+    docs: bool = Field(
+        default=False,
+        description="WACLIENT_DOCS: serve Swagger UI at /docs and ReDoc at /redoc (they load "
+        "their scripts from a CDN into the browser). /openapi.json is always served.",
+    )
+    max_header_bytes: Size = Field(
+        default=16 * 1024,
+        description="WACLIENT_MAX_HEADER_BYTES: request line and headers, at most; past it 431.",
+    )
+    max_headers: int = Field(default=100, ge=8, description="Headers per request; past it 431.")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to receive a request's line and headers (408)."
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to receive a request's body (408)."
+    )
+    max_connections_per_client: int = Field(
+        default=32, ge=1, description="Open connections per client address; more are closed."
+    )
+    max_connections: int = Field(
+        default=2048, ge=1, description="Open connections in all; more are closed at once."
+    )
+    max_requests: int = Field(
+        default=256, ge=1, description="Requests in progress at once; more are answered 503."
+    )
+
     @field_validator("api_key")
     @classmethod
     def _check_keys(cls, value: SecretStr) -> SecretStr:

@@ -1,4 +1,8 @@
-"""Typed dependencies: the running host, the API key, the rate limits, the live client."""
+"""Typed dependencies: the running host, the API key, the rate limits, the live client.
+
+All ``async``: FastAPI runs a sync dependency in its thread pool (a thread hop per request, and
+the limiters would be shared across threads); these run on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ _api_key = APIKeyHeader(
 )
 
 
-def get_host(request: Request) -> Host:
+async def get_host(request: Request) -> Host:
     host: Host = request.app.state.host
     return host
 
@@ -41,10 +45,25 @@ def get_host(request: Request) -> Host:
 HostDep = Annotated[Host, Depends(get_host)]
 
 
-def require_key(host: HostDep, key: Annotated[str | None, Security(_api_key)]) -> str:
-    """The id of the presented key (``key0``...); 401 if it is missing or wrong."""
+async def require_key(
+    request: Request, host: HostDep, key: Annotated[str | None, Security(_api_key)]
+) -> str:
+    """The id of the presented key (``key0``...); 401 if it is missing or wrong, 429 once the
+    client's address has failed ``WACLIENT_AUTH_FAILURES`` times in the window."""
+    address = request.client.host if request.client is not None else "?"
+    throttle = host.auth_throttle
+    tokens = throttle.available(address)
+    if tokens < 1:
+        retry = RateLimiter.retry_after((1 - tokens) / throttle.rate)
+        host.metrics.auth_failures.inc()
+        raise ApiError(
+            429,
+            f"too many failed API key checks from this address; retry after {retry} s",
+            headers={"Retry-After": retry},
+        )
     key_id = host.key_id(key)
     if key_id is None:
+        throttle.acquire(address)
         host.metrics.auth_failures.inc()
         message = "missing X-API-Key header" if not key else "wrong API key"
         raise ApiError(401, message, headers={"WWW-Authenticate": "APIKey"})
@@ -54,29 +73,38 @@ def require_key(host: HostDep, key: Annotated[str | None, Security(_api_key)]) -
 KeyDep = Annotated[str, Depends(require_key)]
 
 
-def _limit(limiter: RateLimiter, key_id: str, what: str) -> None:
-    wait = limiter.acquire(key_id)
+def _refuse_if_waiting(wait: float, message: str) -> None:
     if wait > 0:
         retry = RateLimiter.retry_after(wait)
-        raise ApiError(
-            429,
-            f"too many {what} for this API key: at most {limiter.rate:g}/s with bursts of "
-            f"{limiter.burst}; retry after {retry} s",
-            headers={"Retry-After": retry},
-        )
+        raise ApiError(429, f"{message}; retry after {retry} s", headers={"Retry-After": retry})
 
 
-def send_limited(host: HostDep, key_id: KeyDep) -> str:
-    """The API key, after taking a token from its send bucket (429 when it is empty)."""
+def _limit(limiter: RateLimiter, key_id: str, what: str) -> None:
+    _refuse_if_waiting(
+        limiter.acquire(key_id),
+        f"too many {what} for this API key: at most {limiter.rate:g}/s with bursts of "
+        f"{limiter.burst}",
+    )
+
+
+async def send_limited(host: HostDep, key_id: KeyDep) -> str:
+    """The API key, after taking a token from its send bucket and one from the number's
+    outbound budget, shared with scheduled sends (429 when either is empty)."""
+    budget = host.send_budget
     try:
         _limit(host.send_limiter, key_id, "sends")
+        _refuse_if_waiting(
+            budget.try_take(),
+            f"this number's outbound budget is spent (at most {budget.limiter.rate:g} sends/s "
+            f"with bursts of {budget.limiter.burst}, scheduled sends included)",
+        )
     except ApiError:
         host.metrics.sends.labels("rate_limited").inc()
         raise
     return key_id
 
 
-def schedule_limited(host: HostDep, key_id: KeyDep) -> str:
+async def schedule_limited(host: HostDep, key_id: KeyDep) -> str:
     _limit(host.schedule_limiter, key_id, "scheduling requests")
     return key_id
 
@@ -85,7 +113,7 @@ SendLimited = Annotated[str, Depends(send_limited)]
 ScheduleLimited = Annotated[str, Depends(schedule_limited)]
 
 
-def get_client(host: HostDep) -> Client:
+async def get_client(host: HostDep) -> Client:
     client = host.client
     if client is None:
         raise ApiError(503, "the client is not running", code="not_started")

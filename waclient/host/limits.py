@@ -1,9 +1,12 @@
-"""Request limits: a per-key token bucket with bounded memory, and a request body size limit."""
+"""Request limits: token buckets with bounded memory (per key, per client address, and the
+number's one outbound budget), and a request body size limit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,7 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit", "RateLimiter"]
+__all__ = ["BodyLimit", "RateLimiter", "SendBudget"]
 
 
 @dataclass(slots=True)
@@ -48,12 +51,30 @@ class RateLimiter:
         """Buckets dropped to stay within max_keys."""
         self._clock = clock
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._thread: int | None = None
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def acquire(self, key: str, cost: float = 1.0) -> float:
         """Take ``cost`` tokens for ``key``: 0.0 if allowed, else the seconds until it would be."""
+        bucket = self._refilled(key)
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
+            return 0.0
+        self.limited += 1
+        return (cost - bucket.tokens) / self.rate
+
+    def available(self, key: str) -> float:
+        """Tokens ``key`` holds now (taking none)."""
+        return self._refilled(key).tokens
+
+    def _refilled(self, key: str) -> _Bucket:
+        thread = threading.get_ident()
+        if self._thread is None:
+            self._thread = thread
+        elif thread != self._thread:
+            raise RuntimeError("RateLimiter is loop-only: called from a second thread")
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -67,16 +88,40 @@ class RateLimiter:
             elapsed = max(0.0, now - bucket.updated)
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
             bucket.updated = now
-        if bucket.tokens >= cost:
-            bucket.tokens -= cost
-            return 0.0
-        self.limited += 1
-        return (cost - bucket.tokens) / self.rate
+        return bucket
 
     @staticmethod
     def retry_after(wait: float) -> str:
         """The Retry-After header value for ``wait`` seconds (whole seconds, at least 1)."""
         return str(max(1, math.ceil(wait)))
+
+
+class SendBudget:
+    """The number's one outbound budget: a single bucket that every send takes a token from,
+    whatever its source. HTTP sends :meth:`try_take` (a refusal is a 429); the scheduler
+    (a :class:`waclient.scheduler.SendPacer`) waits for its token (:meth:`wait`)."""
+
+    KEY = "number"
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.limiter = RateLimiter(rate, burst, max_keys=1)
+        self.waited = 0
+        """Scheduled sends that had to wait for a token."""
+
+    def try_take(self) -> float:
+        """0.0 if a token was taken, else the seconds until one is free."""
+        return self.limiter.acquire(self.KEY)
+
+    def available(self) -> int:
+        return int(self.limiter.available(self.KEY))
+
+    async def wait(self) -> None:
+        """Take a token, sleeping until there is one."""
+        waited = False
+        while (delay := self.limiter.acquire(self.KEY)) > 0:
+            waited = True
+            await asyncio.sleep(delay)
+        self.waited += waited
 
 
 class BodyLimit:

@@ -199,8 +199,23 @@ class _HostCollector(Collector):
             )
         yield CounterMetricFamily(
             "waclient_rate_limited",
-            "Requests refused with 429.",
+            "Requests refused with 429 by a key's send or scheduling bucket.",
             value=host.send_limiter.limited + host.schedule_limiter.limited,
+        )
+        if host.http_guard is not None:
+            refused = CounterMetricFamily(
+                "waclient_http_refused",
+                "Connections and requests the HTTP guard refused, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in host.http_guard.to_dict().items():
+                if reason != "clients":
+                    refused.add_metric([reason], count)
+            yield refused
+        yield CounterMetricFamily(
+            "waclient_scheduled_sends_paced",
+            "Scheduled sends that waited for a token of the number's outbound budget.",
+            value=host.send_budget.waited,
         )
 
 

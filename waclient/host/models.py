@@ -228,8 +228,11 @@ class JobBody(BaseModel):
 
 
 class JobList(BaseModel):
-    count: int
+    count: int = Field(description="Jobs on this page.")
     jobs: list[JobBody]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null when this is the last."
+    )
 
 
 class Liveness(BaseModel):

@@ -28,8 +28,10 @@ from waclient.memory import (
 from waclient.transports import Transport
 
 from .config import Settings
-from .limits import RateLimiter
+from .http_guard import GuardStats
+from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
+from .readiness import ReadinessProbe
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -111,7 +113,18 @@ class Host:
         self.schedule_limiter = RateLimiter(
             settings.schedule_rate, settings.schedule_burst, max_keys=settings.rate_limit_keys
         )
+        self.send_budget = SendBudget(settings.send_rate, settings.send_burst)
+        """The number's one outbound budget: HTTP and scheduled sends alike."""
+        self.auth_throttle = RateLimiter(
+            settings.auth_failures / settings.auth_failure_window,
+            settings.auth_failures,
+            max_keys=settings.rate_limit_keys,
+        )
+        """Failed key checks per client address."""
+        self.http_guard: GuardStats | None = None
+        """The HTTP guard's counters, once :func:`.http_guard.server_config` serves the app."""
         self.metrics = HostMetrics(self)
+        self.readiness = ReadinessProbe(self)
         self.transport: Transport | None = None
         self.client: Client | None = None
         self.redis: Redis | None = None
@@ -218,6 +231,8 @@ class Host:
                 max_jobs_per_session=s.max_scheduled,
                 max_text_length=s.max_text_length,
                 poll_interval=s.scheduler_poll,
+                min_interval=s.cron_min_interval,
+                pacer=self.send_budget,
             )
             await self.scheduler.start()
         else:

@@ -19,6 +19,8 @@ from typing import Any
 
 import uvicorn
 
+from .http_guard import server_config
+
 __all__ = ["RunningServer", "serve"]
 
 
@@ -47,10 +49,10 @@ def serve(
     start_timeout: float = 60.0,
     log_level: str = "warning",
 ) -> Iterator[RunningServer]:
-    """Serve ``app`` on ``host`` (a free port) until the block ends."""
-    config = uvicorn.Config(
-        app, host=host, port=0, log_level=log_level, lifespan="on", timeout_keep_alive=5
-    )
+    """Serve ``app`` (made by :func:`waclient.host.create_app`) on ``host`` (a free port)
+    until the block ends, under the same uvicorn configuration as ``python -m waclient.host``
+    (:func:`waclient.host.http_guard.server_config`)."""
+    config = server_config(app, app.state.settings, host=host, port=0, log_level=log_level)
     server = uvicorn.Server(config)
     errors: list[BaseException] = []
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it every

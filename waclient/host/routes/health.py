@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -15,10 +14,7 @@ from ..errors import error_responses
 from ..metrics import CONTENT_TYPE
 from ..models import Liveness, MemoryBody, Readiness, RedisBody
 
-__all__ = ["READY_PROBE_CACHE", "router"]
-
-READY_PROBE_CACHE = 1.0
-"""Seconds a Redis probe result is reused by /health/ready (it needs no key: no PING flood)."""
+__all__ = ["router"]
 
 
 def router(settings: Settings) -> APIRouter:
@@ -29,33 +25,34 @@ def router(settings: Settings) -> APIRouter:
         response_model=Liveness,
         summary="Liveness",
         description="Always 200 while the process serves HTTP. Touches nothing else (no "
-        "WhatsApp, no Redis): use it for the platform's health check.",
+        "WhatsApp, no Redis): use it for the platform's health check. HEAD works too.",
     )
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @r.head("/health", include_in_schema=False)
+    async def health_head() -> Response:
+        return Response(status_code=200)
+
     @r.get(
         "/health/ready",
         response_model=Readiness,
-        summary="Readiness: WhatsApp connected and Redis up",
+        summary="Readiness: WhatsApp connected and Redis up and taking writes",
         description="200 when WhatsApp is connected and Redis (if configured) answers a PING "
-        "within 1 s (a result is reused for 1 s); else 503 with the same body. No key needed; "
-        "it reveals states only.",
+        "and takes a write within 1 s (a result is reused for 1 s); else 503 with the same "
+        "body. A Redis refusing writes (maxmemory, MISCONF, READONLY) is not ready. No key "
+        "needed; it reveals states only. HEAD answers the same status without a body.",
         responses={503: {"model": Readiness, "description": "Not ready."}},
     )
     async def ready(host: HostDep) -> JSONResponse:
-        client = host.client
-        connected = client is not None and client.connected
-        whatsapp = {"state": client.state.value if client else "stopped", "connected": connected}
-        redis: dict[str, Any] = {"configured": host.redis_health is not None, "up": None}
-        if host.redis_health is not None:
-            status = host.redis_health.status
-            if status is None or time.time() - status.checked_at > READY_PROBE_CACHE:
-                status = await host.redis_health.check()
-            redis["up"] = status.up
-        ok = connected and redis["up"] is not False
-        body = Readiness(ready=ok, whatsapp=whatsapp, redis=redis)
-        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+        state = await host.readiness.check()
+        body = Readiness(ready=state.ready, whatsapp=state.whatsapp, redis=state.redis)
+        return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+    @r.head("/health/ready", include_in_schema=False)
+    async def ready_head(host: HostDep) -> Response:
+        state = await host.readiness.check()
+        return Response(status_code=200 if state.ready else 503)
 
     @r.get(
         "/health/memory",

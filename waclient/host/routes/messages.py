@@ -17,10 +17,7 @@ from ..deps import ClientDep, HostDep, SendLimited
 from ..errors import ApiError, error_responses
 from ..models import SentBody, send_request_model
 
-__all__ = ["SEND_TIMEOUT", "router"]
-
-SEND_TIMEOUT = 60.0
-"""Seconds a send may take before the host answers 504 (the transports time out sooner)."""
+__all__ = ["router"]
 
 
 def router(settings: Settings) -> APIRouter:
@@ -34,7 +31,8 @@ def router(settings: Settings) -> APIRouter:
         description="Sends `text` to `to` (a phone number with country code, or a JID) and "
         "returns WhatsApp's message id. The sent message is recorded to Redis (stream "
         "`<session>:messages:out`) by the outbound recorder. Rate limited per API key "
-        "(WACLIENT_SEND_RATE, WACLIENT_SEND_BURST). 503 when WhatsApp is not connected "
+        "and for the number as a whole, scheduled sends included (WACLIENT_SEND_RATE, "
+        "WACLIENT_SEND_BURST). 503 when WhatsApp is not connected "
         "(`not_connected`) or memory is past the soft limit (`memory_shedding`).",
         responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
     )
@@ -54,7 +52,7 @@ def router(settings: Settings) -> APIRouter:
                 headers={"Retry-After": "30"},
             )
         try:
-            async with asyncio.timeout(SEND_TIMEOUT):
+            async with asyncio.timeout(settings.send_timeout):
                 sent = await client.send_text(data["to"], data["text"])
         except NotConnectedError as exc:
             host.metrics.sends.labels("not_connected").inc()
@@ -78,7 +76,7 @@ def router(settings: Settings) -> APIRouter:
         except TimeoutError as exc:
             host.metrics.sends.labels("failed").inc()
             raise ApiError(
-                504, f"the send took longer than {SEND_TIMEOUT:g} s", code="send_timeout"
+                504, f"the send took longer than {settings.send_timeout:g} s", code="send_timeout"
             ) from exc
         host.metrics.sends.labels("sent").inc()
         return {"id": sent.id, "chat": sent.chat, "text": sent.text, "timestamp": sent.timestamp}

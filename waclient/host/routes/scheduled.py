@@ -10,12 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from waclient.redis import is_unavailable
-from waclient.scheduler import Scheduler, SchedulerError, TooManyJobsError
+from waclient.scheduler import JobPosition, Scheduler, SchedulerError, TooManyJobsError
 
 from ..config import Settings
 from ..deps import HostDep, KeyDep, ScheduleLimited
 from ..errors import ApiError, error_responses
 from ..models import JobBody, JobList, schedule_request_model
+from ..pagination import MAX_PAGE_BYTES, MAX_PAGE_SIZE, PageDep, bounded_page
 
 __all__ = ["router"]
 
@@ -87,14 +88,24 @@ def router(settings: Settings) -> APIRouter:
         "/scheduled",
         response_model=JobList,
         summary="List scheduled messages",
-        description="Every job of this session, soonest first (at most WACLIENT_MAX_SCHEDULED).",
-        responses=error_responses(401, 503),
+        description="The session's jobs, soonest first (a job being sent sorts at the end of "
+        f"its lease), a page at a time: at most `limit` jobs ({MAX_PAGE_SIZE} at most) and "
+        f"about {MAX_PAGE_BYTES // 1024} KiB of JSON; pass `next_cursor` back as `cursor` for "
+        "the next page (null: no more). A job that cannot be read is skipped and logged.",
+        responses=error_responses(401, 422, 503),
     )
-    async def list_jobs(host: HostDep, _key: KeyDep) -> dict[str, Any]:
+    async def list_jobs(host: HostDep, _key: KeyDep, page: PageDep) -> dict[str, Any]:
         scheduler = _scheduler(host)
+        after = None
+        if page.after is not None:
+            try:
+                after = JobPosition.parse(*page.after)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(422, "cursor: not a cursor of this list") from exc
         async with _redis_errors():
-            jobs = await scheduler.list()
-        return {"count": len(jobs), "jobs": [j.to_dict() for j in jobs]}
+            rows, next_position = await scheduler.page(page.limit, after)
+        jobs, cursor = bounded_page([(pos, job.to_dict()) for pos, job in rows], next_position)
+        return {"count": len(jobs), "jobs": jobs, "next_cursor": cursor}
 
     @r.get(
         "/scheduled/{job_id}",

@@ -1,0 +1,62 @@
+"""API keys never travel in URLs: a request with one in its query string is refused, and the
+key is taken out of the request before anything (the access log included) can write it down.
+
+URLs end up in access logs, proxies' logs, browser histories and ``Referer`` headers; the host
+reads its key from the ``X-API-Key`` header only.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["KEY_PARAMETERS", "RefuseKeyInQuery"]
+
+KEY_PARAMETERS = frozenset({"api_key", "apikey", "x_api_key", "key"})
+"""Query parameter names (lower case, ``-`` read as ``_``) refused as a key."""
+
+
+class RefuseKeyInQuery:
+    """ASGI middleware, outermost: a key parameter in the query string is answered 400
+    ``key_in_query``, and its value is replaced by ``REDACTED`` in the request's scope, which is
+    the dict uvicorn's access log reads the URL from."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"") if scope["type"] == "http" else b""
+        if not query:
+            await self.app(scope, receive, send)
+            return
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        if not any(_is_key(name) for name, _ in pairs):
+            await self.app(scope, receive, send)
+            return
+        redacted = [(n, "REDACTED" if _is_key(n) else v) for n, v in pairs]
+        scope["query_string"] = urlencode(redacted).encode("latin-1")
+        body = json.dumps(
+            {
+                "error": "key_in_query",
+                "message": "send the API key in the X-API-Key header, never in the URL (URLs "
+                "are logged); this key is now in your client's history: rotate it",
+            },
+            separators=(",", ":"),
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _is_key(name: str) -> bool:
+    return name.strip().lower().replace("-", "_") in KEY_PARAMETERS
