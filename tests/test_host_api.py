@@ -86,6 +86,7 @@ def future(minutes: int = 60) -> str:
 
 
 VALID_JOB = "0" * 32
+GROUP = "120363000000000001@g.us"
 PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/messages/text", {"to": PHONE, "text": "hi"}),
     ("POST", "/scheduled", {"to": PHONE, "text": "hi", "cron": "0 9 * * *"}),
@@ -99,6 +100,15 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/health/memory", None),
     ("GET", "/health/redis", None),
     ("GET", "/metrics", None),
+    ("POST", "/messages/media", None),
+    ("POST", "/messages/reaction", {"message": {"chat": PHONE, "id": "A1"}, "emoji": "x"}),
+    ("POST", "/messages/read", {"message": {"chat": PHONE, "id": "A1"}}),
+    ("POST", "/presence", {"state": "available"}),
+    ("GET", f"/contacts/{PHONE}", None),
+    ("POST", "/groups", {"name": "g"}),
+    ("GET", "/groups", None),
+    ("GET", f"/groups/{GROUP}", None),
+    ("POST", f"/groups/{GROUP}/participants", {"participants": [PHONE], "action": "add"}),
 ]
 
 
@@ -111,7 +121,10 @@ def test_every_route_is_covered_by_the_auth_matrix(api: httpx.Client) -> None:
         for method in ops
         if path not in open_paths
     }
-    covered = {(m, p.replace(VALID_JOB, "{job_id}")) for m, p, _ in PROTECTED}
+    covered = {
+        (m, p.replace(VALID_JOB, "{job_id}").replace(PHONE, "{phone}").replace(GROUP, "{jid}"))
+        for m, p, _ in PROTECTED
+    }
     assert documented == covered
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from neonize.proto import Neonize_pb2 as pb
 
-__all__ = ["Chat", "jid_to_str", "message_kind", "message_text", "to_jid"]
+__all__ = ["Chat", "jid_to_str", "message_kind", "message_ref", "message_text", "to_jid"]
 
 Chat = Any
 """A chat or user: a phone number (``"+1 555 000 0001"``), ``"user@server"``, or a JID proto."""
@@ -42,6 +42,29 @@ def to_jid(chat: Chat) -> Any:
     if not user and not server:
         raise ValueError(f"{chat!r} is not a phone number or JID")
     return pb.JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+
+
+def message_ref(
+    chat: Chat,
+    message_id: str,
+    *,
+    sender: Chat | None = None,
+    from_me: bool = False,
+    text: str = "",
+) -> Any:
+    """A ``Message`` event that names a message known only by its chat and id (a record, a
+    webhook): enough to reply to, react to, mark read or revoke it."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    chat_jid = to_jid(chat)
+    source = pb.MessageSource(
+        Chat=chat_jid,
+        Sender=to_jid(sender) if sender is not None else chat_jid,
+        IsFromMe=from_me,
+        IsGroup=chat_jid.Server == "g.us",
+    )
+    info = pb.MessageInfo(MessageSource=source, ID=message_id)
+    return pb.Message(Info=info, Message=e2e.Message(conversation=text))
 
 
 def jid_to_str(jid: Any) -> str:

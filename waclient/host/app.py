@@ -16,7 +16,7 @@ from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .query_keys import RefuseKeyInQuery
-from .routes import health, messages, scheduled, session
+from .routes import contacts, groups, health, messages, scheduled, session
 from .runtime import Host
 
 __all__ = ["create_app"]
@@ -79,6 +79,8 @@ def create_app(
         messages.router(settings),
         scheduled.router(settings),
         session.router(settings),
+        contacts.router(settings),
+        groups.router(settings),
     ]
     for r in routers:
         app.include_router(r)
@@ -87,7 +89,10 @@ def create_app(
     # escaped exception into a JSON 500 inside them.
     app.add_middleware(CatchAll, on_error=host.metrics.errors.inc)
     app.add_middleware(
-        BodyLimit, max_bytes=settings.max_body_bytes, on_refused=host.metrics.bodies_refused.inc
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        on_refused=host.metrics.bodies_refused.inc,
+        route_limits={"/messages/media": (settings.max_media_bytes, messages.MEDIA_AT_ONCE)},
     )
     app.add_middleware(MetricsMiddleware, metrics=host.metrics)
     app.add_middleware(RefuseKeyInQuery)  # outermost: the key is gone before anything logs

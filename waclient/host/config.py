@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         default=1024, ge=1, description="Buckets kept at most (least recently used go first)."
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_media_bytes: int = Field(
+        default=16 * 2**20,
+        ge=1024,
+        le=64 * 2**20,
+        description="WACLIENT_MAX_MEDIA_BYTES: the largest file POST /messages/media takes "
+        "(WhatsApp's own limit for images, video and audio is 16 MB).",
+    )
     max_text_length: int = Field(default=4096, ge=1, le=65536)
     metrics_public: bool = Field(
         default=False,

@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,7 +133,9 @@ class BodyLimit:
     body are ever held in memory. Before answering 413, the rest of a refused body is read and
     discarded up to ``drain_cap`` bytes (default: 1 MiB or 4 x the limit), so that a client
     still sending it reads the 413 rather than a connection reset; past that, the connection
-    is closed.
+    is closed. ``route_limits`` gives some paths a limit of their own, ``(bytes, at once)``
+    (the media upload): past ``at once`` bodies being held for that path, the next request is
+    503 before its body is read, so such bodies never hold more than ``bytes * at once``.
     """
 
     def __init__(
@@ -142,9 +144,12 @@ class BodyLimit:
         max_bytes: int,
         on_refused: Callable[[], None] | None = None,
         drain_cap: int | None = None,
+        route_limits: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.route_limits = dict(route_limits or {})
+        self._holding = dict.fromkeys(self.route_limits, 0)
         self.on_refused = on_refused
         self.drain_cap = drain_cap if drain_cap is not None else max(2**20, 4 * max_bytes)
 
@@ -152,6 +157,25 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        if path not in self.route_limits:
+            await self._limited(scope, receive, send, self.max_bytes)
+            return
+        limit, at_once = self.route_limits[path]
+        if self._holding[path] >= at_once:
+            await _error(send, 503, "busy", f"{at_once} uploads are in progress; retry shortly")
+            return
+        self._holding[path] += 1
+        try:
+            await self._limited(scope, receive, send, limit)
+        finally:
+            self._holding[path] -= 1
+
+    def holding(self, path: str) -> int:
+        """Bodies of ``path`` (one with a limit of its own) being read or handled now."""
+        return self._holding.get(path, 0)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         length: str | None = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -165,10 +189,10 @@ class BodyLimit:
             except ValueError:
                 await _error(send, 400, "bad_request", "Content-Length is not a number")
                 return
-            if declared > self.max_bytes:
+            if declared > limit:
                 if declared <= self.drain_cap:
                     await self._drain(receive, 0)
-                await self._refuse(send)
+                await self._refuse(send, limit)
                 return
         messages: list[Message] = []
         total = 0
@@ -178,10 +202,10 @@ class BodyLimit:
                 messages.append(message)  # http.disconnect
                 break
             total += len(message.get("body", b""))
-            if total > self.max_bytes:
+            if total > limit:
                 if message.get("more_body", False):
                     await self._drain(receive, total)
-                await self._refuse(send)
+                await self._refuse(send, limit)
                 return
             messages.append(message)
             if not message.get("more_body", False):
@@ -209,14 +233,14 @@ class BodyLimit:
             if not message.get("more_body", False):
                 return
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         if self.on_refused is not None:
             self.on_refused()
         await _error(
             send,
             413,
             "body_too_large",
-            f"the request body is larger than {self.max_bytes} bytes",
+            f"the request body is larger than {limit} bytes",
         )
 
 

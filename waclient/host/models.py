@@ -6,7 +6,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    create_model,
+)
 
 __all__ = [
     "CHAT_PATTERN",
@@ -121,8 +130,49 @@ class ErrorBody(BaseModel):
 class SentBody(BaseModel):
     id: str = Field(description="WhatsApp's message id.")
     chat: str
-    text: str
+    text: str = Field(description="The text, or the caption of media, or a reaction's emoji.")
     timestamp: int = Field(description="Server timestamp, seconds since the epoch.")
+    kind: str = Field(
+        default="text", description="text, image, video, audio, document, sticker, reaction..."
+    )
+
+
+def sent_body(sent: Any) -> dict[str, Any]:
+    """The answer to a send: a :class:`~waclient.transports.SentMessage` as :class:`SentBody`."""
+    return {
+        "id": sent.id,
+        "chat": sent.chat,
+        "text": sent.text,
+        "timestamp": sent.timestamp,
+        "kind": sent.kind,
+    }
+
+
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class MessageKey(_Strict):
+    """A message by its chat and id (as in a recorded message or a webhook)."""
+
+    chat: Chat
+    id: str = Field(
+        description="The message id.",
+        examples=["3EB0C431C26A1916A3F5"],
+        json_schema_extra={"pattern": MESSAGE_ID_PATTERN},
+        min_length=1,
+        max_length=128,
+        pattern=MESSAGE_ID_PATTERN,
+    )
+    sender: Chat | None = Field(
+        default=None, description="Who wrote it, in a group; the chat itself by default."
+    )
+    from_me: StrictBool = Field(default=False, description="Whether this account wrote it.")
+
+    def ref(self) -> Any:
+        """The message as the client's methods take it."""
+        from waclient.messages import message_ref
+
+        return message_ref(self.chat, self.id, sender=self.sender, from_me=self.from_me)
 
 
 def send_request_model(max_length: int) -> type[BaseModel]:
@@ -132,8 +182,80 @@ def send_request_model(max_length: int) -> type[BaseModel]:
         __base__=_Strict,
         to=(Chat, Field(...)),
         text=(text_type(max_length), Field(...)),
+        quoted=(
+            MessageKey | None,
+            Field(default=None, description="Reply to this message, quoting it."),
+        ),
     )
     return model
+
+
+class ReactionRequest(_Strict):
+    message: MessageKey
+    emoji: str = Field(
+        max_length=16, description="One emoji; an empty string removes our reaction."
+    )
+
+
+class ReadRequest(_Strict):
+    message: MessageKey
+
+
+PresenceState = Literal["typing", "paused", "recording", "available", "unavailable"]
+
+
+class PresenceRequest(_Strict):
+    state: PresenceState = Field(
+        description="typing, paused or recording in `chat`; available or unavailable for the "
+        "account (no chat)."
+    )
+    chat: Chat | None = None
+
+
+class ContactBody(BaseModel):
+    phone: str
+    on_whatsapp: bool
+    jid: str | None = Field(description="The JID to write to; null when not on WhatsApp.")
+    status: str | None = None
+    picture_id: str | None = None
+
+
+class ParticipantBody(BaseModel):
+    jid: str
+    admin: bool = False
+    super_admin: bool = False
+    error: int = Field(default=0, description="For changes: WhatsApp's error code, 0 is done.")
+
+
+class GroupBody(BaseModel):
+    jid: str
+    name: str
+    topic: str
+    owner: str
+    created: int = Field(description="Seconds since the epoch.")
+    participants: list[ParticipantBody]
+
+
+class GroupsPage(BaseModel):
+    items: list[GroupBody]
+    next_cursor: str | None
+
+
+MAX_PARTICIPANTS = 256
+
+
+class GroupCreateRequest(_Strict):
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=100, json_schema_extra={"pattern": TEXT_PATTERN}),
+        AfterValidator(_check_text),
+    ]
+    participants: list[Chat] = Field(default_factory=list, max_length=MAX_PARTICIPANTS)
+
+
+class ParticipantsRequest(_Strict):
+    participants: list[Chat] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+    action: Literal["add", "remove", "promote", "demote"]
 
 
 def _schedule_kind(value: Any) -> str | None:

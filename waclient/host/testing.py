@@ -32,6 +32,15 @@ class RunningServer:
     thread: threading.Thread
     app: Any
 
+    def middleware(self, kind: type[Any]) -> Any:
+        """The app's instance of the middleware class ``kind`` (it exists once it served)."""
+        layer = self.app.middleware_stack
+        while layer is not None and not isinstance(layer, kind):
+            layer = getattr(layer, "app", None)
+        if layer is None:
+            raise LookupError(f"no {kind.__name__} in the app's middleware")
+        return layer
+
     def stop(self, timeout: float = 30.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
