@@ -5,6 +5,7 @@ often, oversized and slow requests, too many connections, keys in URLs, failed-k
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import socket
 import threading
@@ -18,6 +19,7 @@ import httpx
 import psutil
 import pytest
 import redis as redis_sync
+from fastapi.routing import APIRoute
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 from test_host_limits import client_for, wait_until
 from test_host_process import answers, free_port, host_env, host_process
@@ -585,3 +587,32 @@ def test_docs_are_off_by_default(api: httpx.Client, tmp_path: Path) -> None:
     assert api.get("/openapi.json").status_code == 200
     with serve(create_app(make_settings(tmp_path, None, docs=True))) as srv:
         assert httpx.get(f"{srv.url}/docs").status_code == 200
+
+
+def test_every_dependency_runs_on_the_loop(tmp_path: Path) -> None:
+    """FastAPI runs a sync dependency in its thread pool (a thread hop per request, and the
+    limiters shared across threads): every dependency of every route is async."""
+    app = create_app(make_settings(tmp_path, None, metrics_public=False))
+    seen: list[str] = []
+
+    def walk(dependant: Any) -> None:
+        for dep in dependant.dependencies:
+            call = dep.call
+            is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+                getattr(call, "__call__", None)  # noqa: B004 (a Security class instance)
+            )
+            assert is_async, f"{getattr(call, '__name__', call)!r} is sync"
+            seen.append(getattr(call, "__name__", type(call).__name__))
+            walk(dep)
+
+    def routes(items: list[Any]) -> Iterator[APIRoute]:
+        for item in items:
+            if isinstance(item, APIRoute):
+                yield item
+            included = getattr(item, "original_router", None)  # FastAPI's included routers
+            if included is not None:
+                yield from routes(included.routes)
+
+    for route in routes(app.routes):
+        walk(route.dependant)
+    assert {"require_key", "send_limited", "schedule_limited", "get_host"} <= set(seen)
