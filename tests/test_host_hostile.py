@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import select
 import socket
 import threading
 import time
@@ -292,6 +293,29 @@ def test_slow_headers_and_slow_bodies_are_408(guarded: RunningServer) -> None:
     assert status_of(answer) == 408 and "body took longer" in json_of(answer)["message"]
     stats = guard_stats(guarded.server.config)
     assert stats is not None and stats.header_timeouts == 2 and stats.body_timeouts == 1
+
+
+def test_a_body_dripping_after_an_early_answer_is_cut_off(guarded: RunningServer) -> None:
+    """A key in the URL is refused before the announced body is read; the rest of the body
+    never comes: the connection is closed at the body timeout rather than held open."""
+    head = b"POST /messages/text?api_key=x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+    chunks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=30) as sock:
+        sock.sendall(head + b"x" * 33)
+        for _ in range(300):  # a byte every 0.1 s (the attack), for 30 s at most
+            if select.select([sock], [], [], 0.1)[0]:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break  # closed by the server
+                chunks.append(chunk)
+            with contextlib.suppress(OSError):
+                sock.send(b"x")
+        else:
+            raise AssertionError("the connection was held open for 30 s")
+    assert status_of(b"".join(chunks)) == 400
 
 
 def test_connections_per_client_are_capped(guarded: RunningServer) -> None:

@@ -269,13 +269,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _body_timed_out(self) -> None:
         self._timer = None
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.more_body:
+        if cycle is None or not cycle.more_body:
             return
         self.stats.body_timeouts += 1
         started = cycle.response_started
         cycle.disconnected = True  # the app reads a disconnect, and its answer is dropped
         cycle.message_event.set()
-        if started:
+        if started:  # answered (or answering) already: nothing more to say
             self.transport.close()
             return
         self._refuse(
