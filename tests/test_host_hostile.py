@@ -23,7 +23,7 @@ import redis as redis_sync
 from fastapi.routing import APIRoute
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 from test_host_limits import client_for, wait_until
-from test_host_process import answers, free_port, host_env, host_process
+from test_host_process import answers, free_port, host_process, serving_env
 
 from harness.simulate import SimulatedTransport
 from waclient.host import create_app
@@ -353,15 +353,7 @@ def test_head_answers_are_not_bigger_than_the_limit_for_ordinary_clients(
 @pytest.fixture
 def host_proc(tmp_path: Path) -> Iterator[tuple[int, psutil.Process]]:
     port = free_port()
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
-        WACLIENT_TRANSPORT="simulated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        WACLIENT_HEADER_TIMEOUT="3",
-        WACLIENT_LOG_LEVEL="warning",
-        PORT=str(port),
-    )
+    env = serving_env(tmp_path, port, WACLIENT_HEADER_TIMEOUT="3", WACLIENT_LOG_LEVEL="warning")
     with host_process(env, tmp_path / "host.log") as proc:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}") or proc.poll() is not None, "up")
         assert proc.poll() is None, (tmp_path / "host.log").read_text()

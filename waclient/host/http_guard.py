@@ -24,7 +24,6 @@ says why this guard rather than h11's limits or another server.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .config import Settings
+from .errors import error_json, send_error
 
 __all__ = ["LINGER", "ConnectionLimits", "GuardStats", "GuardedHttpToolsProtocol", "server_config"]
 
@@ -288,7 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` and close: half-close, discard input for LINGER s, then close."""
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
+        body = error_json(code, message)
         self.transport.write(
             b"".join(
                 [
@@ -314,19 +314,6 @@ def _head_refusal(why: str) -> tuple[int, str, str]:
 
 async def _busy(scope: Any, receive: Any, send: Any) -> None:
     """The answer while ``max_requests`` requests are in progress."""
-    body = json.dumps(
-        {"error": "busy", "message": "too many requests in progress; retry shortly"},
-        separators=(",", ":"),
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
+    await send_error(
+        send, 503, "busy", "too many requests in progress; retry shortly", [(b"retry-after", b"1")]
     )
-    await send({"type": "http.response.body", "body": body})
