@@ -176,3 +176,16 @@ def test_hadolint_is_clean() -> None:
         [str(_hadolint()), "--no-color", str(DOCKERFILE)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_setting_is_in_the_docs() -> None:
+    """docs/host.md's settings table names every variable the host reads."""
+    from waclient.host.config import _ENV_NAMES
+
+    doc = (ROOT / "docs" / "host.md").read_text()
+    missing = [
+        _ENV_NAMES.get(name, f"WACLIENT_{name.upper()}")
+        for name in Settings.model_fields
+        if f"`{_ENV_NAMES.get(name, f'WACLIENT_{name.upper()}')}`" not in doc
+    ]
+    assert missing == []
