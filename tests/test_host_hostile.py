@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import redis as redis_sync
 from fastapi.routing import APIRoute
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 from test_host_limits import client_for, wait_until
+from test_host_process import KEY as PROCESS_KEY
 from test_host_process import answers, free_port, host_process, serving_env
 
 from harness.simulate import SimulatedTransport
@@ -632,3 +634,52 @@ def test_every_dependency_runs_on_the_loop(tmp_path: Path) -> None:
     for route in routes(app.routes):
         walk(route.dependant)
     assert {"require_key", "send_limited", "schedule_limited", "get_host"} <= set(seen)
+
+
+def test_listing_1000_long_jobs_8_at_once_stays_small(tmp_path: Path, redis_url: str) -> None:
+    """The issue's case: 1,000 jobs with 4,096-character texts, listed by 8 clients at once
+    (once a 16.6 MB answer each, +281 MiB RSS): now pages of at most ~256 KiB, and the host's
+    RSS grows by a bounded amount through it (twice, to see it does not keep growing)."""
+    port = free_port()
+    env = serving_env(
+        tmp_path,
+        port,
+        REDIS_URL=redis_url,
+        WACLIENT_SCHEDULE_BURST="2000",
+        WACLIENT_SCHEDULE_RATE="1000",
+        WACLIENT_LOG_LEVEL="warning",
+    )
+    url = f"http://127.0.0.1:{port}"
+    with host_process(env, tmp_path / "host.log") as proc:
+        wait_until(lambda: answers(url) or proc.poll() is not None, "up")
+        with client_for(url, PROCESS_KEY) as api:
+            job = {"to": PHONE, "text": "é" * 4096, "cron": "0 9 * * *"}
+            for _ in range(1000):
+                assert api.post("/scheduled", json=job).status_code == 201
+            all_pages(api, 100)  # warm: code paths, pools, caches
+        server = psutil.Process(proc.pid)
+        growth = []
+        for _ in range(2):
+            before = server.memory_info().rss
+            with ThreadPoolExecutor(8) as pool:
+                for walked, largest in pool.map(lambda _: walk_sizes(url), range(8)):
+                    assert walked == 1000 and largest <= MAX_PAGE_BYTES + 200
+            growth.append((server.memory_info().rss - before) / 2**20)
+        print(f"8 concurrent walks, twice: RSS +{growth[0]:.2f} MiB, then +{growth[1]:.2f} MiB")
+        # 8 pages of <= 256 KiB in flight, each held as a handful of copies (Redis reply, str,
+        # dict, model, JSON) while it is made: about 16 MiB at most, whatever the job count
+        assert growth[0] < 16 and growth[1] < 16, growth
+
+
+def walk_sizes(url: str) -> tuple[int, int]:
+    """(jobs seen, largest answer in bytes) walking every page of /scheduled."""
+    seen, largest, params = 0, 0, {"limit": 100}
+    with client_for(url, PROCESS_KEY) as api:
+        while True:
+            r = api.get("/scheduled", params=params)
+            body = r.json()
+            seen += body["count"]
+            largest = max(largest, len(r.content))
+            if body["next_cursor"] is None:
+                return seen, largest
+            params["cursor"] = body["next_cursor"]
