@@ -189,3 +189,12 @@ def test_every_setting_is_in_the_docs() -> None:
         if f"`{_ENV_NAMES.get(name, f'WACLIENT_{name.upper()}')}`" not in doc
     ]
     assert missing == []
+
+
+def test_fly_proxy_is_not_capped_as_one_client() -> None:
+    """Behind Fly's proxy every connection has the proxy's address: the per-client cap must
+    let through as many connections as the proxy may open (its hard_limit)."""
+    config = tomllib.loads(FLY.read_text())
+    hard_limit = config["http_service"]["concurrency"]["hard_limit"]
+    cap = int(config["env"]["WACLIENT_MAX_CONNECTIONS_PER_CLIENT"])
+    assert cap > hard_limit

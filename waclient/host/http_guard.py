@@ -18,7 +18,8 @@ clients that never finish a request starve everyone. :func:`server_config` makes
 A refused request is answered with the JSON error body, ``connection: close`` and a half-close,
 and whatever the client still sends is read and thrown away for up to :data:`LINGER` seconds
 (so it reads the answer rather than a reset), then the connection is closed. docs/host.md
-says why this guard rather than h11's limits or another server.
+says why this guard rather than h11's limits or another server. Needs httptools
+(``uvicorn[standard]``, part of the host extra).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from .config import Settings
 from .errors import error_json, send_error
 
-__all__ = ["LINGER", "ConnectionLimits", "GuardStats", "GuardedHttpToolsProtocol", "server_config"]
+__all__ = [
+    "LINGER",
+    "ConnectionLimits",
+    "GuardStats",
+    "GuardedHttpToolsProtocol",
+    "guard_stats",
+    "server_config",
+]
 
 LINGER = 1.0
 """Seconds a refused connection's further input is read and discarded before it is closed."""
