@@ -176,3 +176,25 @@ def test_hadolint_is_clean() -> None:
         [str(_hadolint()), "--no-color", str(DOCKERFILE)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_setting_is_in_the_docs() -> None:
+    """docs/host.md's settings table names every variable the host reads."""
+    from waclient.host.config import _ENV_NAMES
+
+    doc = (ROOT / "docs" / "host.md").read_text()
+    missing = [
+        _ENV_NAMES.get(name, f"WACLIENT_{name.upper()}")
+        for name in Settings.model_fields
+        if f"`{_ENV_NAMES.get(name, f'WACLIENT_{name.upper()}')}`" not in doc
+    ]
+    assert missing == []
+
+
+def test_fly_proxy_is_not_capped_as_one_client() -> None:
+    """Behind Fly's proxy every connection has the proxy's address: the per-client cap must
+    let through as many connections as the proxy may open (its hard_limit)."""
+    config = tomllib.loads(FLY.read_text())
+    hard_limit = config["http_service"]["concurrency"]["hard_limit"]
+    cap = int(config["env"]["WACLIENT_MAX_CONNECTIONS_PER_CLIENT"])
+    assert cap > hard_limit

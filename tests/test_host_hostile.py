@@ -5,11 +5,14 @@ often, oversized and slow requests, too many connections, keys in URLs, failed-k
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,11 @@ import httpx
 import psutil
 import pytest
 import redis as redis_sync
+from fastapi.routing import APIRoute
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
 from test_host_limits import client_for, wait_until
-from test_host_process import answers, free_port, host_env, host_process
+from test_host_process import KEY as PROCESS_KEY
+from test_host_process import answers, free_port, host_process, serving_env
 
 from waclient.host import create_app
 from waclient.host.http_guard import guard_stats
@@ -292,6 +297,29 @@ def test_slow_headers_and_slow_bodies_are_408(guarded: RunningServer) -> None:
     assert stats is not None and stats.header_timeouts == 2 and stats.body_timeouts == 1
 
 
+def test_a_body_dripping_after_an_early_answer_is_cut_off(guarded: RunningServer) -> None:
+    """A key in the URL is refused before the announced body is read; the rest of the body
+    never comes: the connection is closed at the body timeout rather than held open."""
+    head = b"POST /messages/text?api_key=x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+    chunks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=30) as sock:
+        sock.sendall(head + b"x" * 33)
+        for _ in range(300):  # a byte every 0.1 s (the attack), for 30 s at most
+            if select.select([sock], [], [], 0.1)[0]:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break  # closed by the server
+                chunks.append(chunk)
+            with contextlib.suppress(OSError):
+                sock.send(b"x")
+        else:
+            raise AssertionError("the connection was held open for 30 s")
+    assert status_of(b"".join(chunks)) == 400
+
+
 def test_connections_per_client_are_capped(guarded: RunningServer) -> None:
     stats = guard_stats(guarded.server.config)
     assert stats is not None
@@ -327,15 +355,7 @@ def test_head_answers_are_not_bigger_than_the_limit_for_ordinary_clients(
 @pytest.fixture
 def host_proc(tmp_path: Path) -> Iterator[tuple[int, psutil.Process]]:
     port = free_port()
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
-        WACLIENT_TRANSPORT="simulated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        WACLIENT_HEADER_TIMEOUT="3",
-        WACLIENT_LOG_LEVEL="warning",
-        PORT=str(port),
-    )
+    env = serving_env(tmp_path, port, WACLIENT_HEADER_TIMEOUT="3", WACLIENT_LOG_LEVEL="warning")
     with host_process(env, tmp_path / "host.log") as proc:
         wait_until(lambda: answers(f"http://127.0.0.1:{port}") or proc.poll() is not None, "up")
         assert proc.poll() is None, (tmp_path / "host.log").read_text()
@@ -585,3 +605,81 @@ def test_docs_are_off_by_default(api: httpx.Client, tmp_path: Path) -> None:
     assert api.get("/openapi.json").status_code == 200
     with serve(create_app(make_settings(tmp_path, None, docs=True))) as srv:
         assert httpx.get(f"{srv.url}/docs").status_code == 200
+
+
+def test_every_dependency_runs_on_the_loop(tmp_path: Path) -> None:
+    """FastAPI runs a sync dependency in its thread pool (a thread hop per request, and the
+    limiters shared across threads): every dependency of every route is async."""
+    app = create_app(make_settings(tmp_path, None, metrics_public=False))
+    seen: list[str] = []
+
+    def walk(dependant: Any) -> None:
+        for dep in dependant.dependencies:
+            call = dep.call
+            is_async = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+                getattr(call, "__call__", None)  # noqa: B004 (a Security class instance)
+            )
+            assert is_async, f"{getattr(call, '__name__', call)!r} is sync"
+            seen.append(getattr(call, "__name__", type(call).__name__))
+            walk(dep)
+
+    def routes(items: list[Any]) -> Iterator[APIRoute]:
+        for item in items:
+            if isinstance(item, APIRoute):
+                yield item
+            included = getattr(item, "original_router", None)  # FastAPI's included routers
+            if included is not None:
+                yield from routes(included.routes)
+
+    for route in routes(app.routes):
+        walk(route.dependant)
+    assert {"require_key", "send_limited", "schedule_limited", "get_host"} <= set(seen)
+
+
+def test_listing_1000_long_jobs_8_at_once_stays_small(tmp_path: Path, redis_url: str) -> None:
+    """The issue's case: 1,000 jobs with 4,096-character texts, listed by 8 clients at once
+    (once a 16.6 MB answer each, +281 MiB RSS): now pages of at most ~256 KiB, and the host's
+    RSS grows by a bounded amount through it (twice, to see it does not keep growing)."""
+    port = free_port()
+    env = serving_env(
+        tmp_path,
+        port,
+        REDIS_URL=redis_url,
+        WACLIENT_SCHEDULE_BURST="2000",
+        WACLIENT_SCHEDULE_RATE="1000",
+        WACLIENT_LOG_LEVEL="warning",
+    )
+    url = f"http://127.0.0.1:{port}"
+    with host_process(env, tmp_path / "host.log") as proc:
+        wait_until(lambda: answers(url) or proc.poll() is not None, "up")
+        with client_for(url, PROCESS_KEY) as api:
+            job = {"to": PHONE, "text": "é" * 4096, "cron": "0 9 * * *"}
+            for _ in range(1000):
+                assert api.post("/scheduled", json=job).status_code == 201
+            all_pages(api, 100)  # warm: code paths, pools, caches
+        server = psutil.Process(proc.pid)
+        growth = []
+        for _ in range(2):
+            before = server.memory_info().rss
+            with ThreadPoolExecutor(8) as pool:
+                for walked, largest in pool.map(lambda _: walk_sizes(url), range(8)):
+                    assert walked == 1000 and largest <= MAX_PAGE_BYTES + 200
+            growth.append((server.memory_info().rss - before) / 2**20)
+        print(f"8 concurrent walks, twice: RSS +{growth[0]:.2f} MiB, then +{growth[1]:.2f} MiB")
+        # 8 pages of <= 256 KiB in flight, each held as a handful of copies (Redis reply, str,
+        # dict, model, JSON) while it is made: about 16 MiB at most, whatever the job count
+        assert growth[0] < 16 and growth[1] < 16, growth
+
+
+def walk_sizes(url: str) -> tuple[int, int]:
+    """(jobs seen, largest answer in bytes) walking every page of /scheduled."""
+    seen, largest, params = 0, 0, {"limit": 100}
+    with client_for(url, PROCESS_KEY) as api:
+        while True:
+            r = api.get("/scheduled", params=params)
+            body = r.json()
+            seen += body["count"]
+            largest = max(largest, len(r.content))
+            if body["next_cursor"] is None:
+                return seen, largest
+            params["cursor"] = body["next_cursor"]

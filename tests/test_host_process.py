@@ -38,6 +38,19 @@ def host_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def serving_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a host serving on 127.0.0.1:``port`` with the simulated transport
+    and its session in ``tmp_path``; ``extra`` adds or overrides variables."""
+    env = {
+        "WACLIENT_API_KEY": KEY,
+        "WACLIENT_TRANSPORT": "simulated",
+        "WACLIENT_SESSION_DIR": str(tmp_path / "session"),
+        "WACLIENT_BIND": "127.0.0.1",
+        "PORT": str(port),
+    }
+    return host_env(**(env | extra))
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -97,13 +110,7 @@ def test_bad_configuration_exits_2_with_one_line(env: dict[str, str], expected: 
 def test_serves_on_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
-        WACLIENT_TRANSPORT="simulated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        PORT=str(port),
-    )
+    env = serving_env(tmp_path, port)
     log = tmp_path / "host.log"
     with host_process(env, log) as proc:
         wait_until(lambda: answers(url) or proc.poll() is not None, "the host to answer")
@@ -120,12 +127,9 @@ def test_serves_on_port_and_stops_on_sigterm(tmp_path: Path) -> None:
 def test_sigkill_during_an_outage_then_restart(tmp_path: Path, fault_proxy: FaultProxy) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
-        WACLIENT_TRANSPORT="simulated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        PORT=str(port),
+    env = serving_env(
+        tmp_path,
+        port,
         REDIS_URL=fault_proxy.url,
         WACLIENT_SEND_BURST="1000",
     )
@@ -183,12 +187,9 @@ def test_sigkill_during_an_outage_then_restart(tmp_path: Path, fault_proxy: Faul
 def test_hard_memory_limit_exits_3(tmp_path: Path) -> None:
     """Past the hard limit the host shuts down gracefully and exits with status 3, for the
     platform to restart it."""
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
-        WACLIENT_TRANSPORT="simulated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        PORT=str(free_port()),
+    env = serving_env(
+        tmp_path,
+        free_port(),
         WACLIENT_MEMORY_SOFT_LIMIT="1KiB",
         WACLIENT_MEMORY_HARD_LIMIT="2KiB",
         WACLIENT_MEMORY_CHECK_INTERVAL="0.1",
@@ -203,12 +204,10 @@ def test_hard_memory_limit_exits_3(tmp_path: Path) -> None:
 def test_proxy_setting_reaches_the_worker(tmp_path: Path, socks5_refuser: Socks5Refuser) -> None:
     """WACLIENT_PROXY: the isolated transport's real neonize worker dials WhatsApp through it."""
     port = free_port()
-    env = host_env(
-        WACLIENT_API_KEY=KEY,
+    env = serving_env(
+        tmp_path,
+        port,
         WACLIENT_TRANSPORT="isolated",
-        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
-        WACLIENT_BIND="127.0.0.1",
-        PORT=str(port),
         WACLIENT_PROXY=socks5_refuser.address,
     )
     log = tmp_path / "host.log"

@@ -209,7 +209,7 @@ def check_interval(expr: str, tz: tzinfo, after: datetime, minimum: float) -> No
         return
     try:
         it = croniter(expr, after.astimezone(tz))
-        times = [it.get_next(datetime) for _ in range(_CRON_SAMPLE)]
+        times = [it.get_next(datetime).astimezone(UTC) for _ in range(_CRON_SAMPLE)]
     except Exception as exc:
         raise InvalidCronError(f"cron expression {expr!r} never fires ({exc})") from None
     gap = min((b - a).total_seconds() for a, b in itertools.pairwise(times))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -16,7 +17,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .models import ErrorBody
 
-__all__ = ["ApiError", "CatchAll", "allow_map", "error_responses", "install_handlers"]
+__all__ = [
+    "ApiError",
+    "CatchAll",
+    "allow_map",
+    "error_json",
+    "error_responses",
+    "install_handlers",
+    "send_error",
+]
 
 log = logging.getLogger("waclient.host")
 
@@ -67,6 +76,35 @@ class ApiError(Exception):
         self.code = code or _CODES.get(status, "error")
         self.message = message
         self.headers = dict(headers or {})
+
+
+def error_json(code: str, message: str) -> bytes:
+    """The error body, encoded."""
+    return json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer ``{"error": code, "message": message}`` straight from ASGI middleware, outside
+    FastAPI's handlers."""
+    data = error_json(code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -18,13 +18,13 @@ clients that never finish a request starve everyone. :func:`server_config` makes
 A refused request is answered with the JSON error body, ``connection: close`` and a half-close,
 and whatever the client still sends is read and thrown away for up to :data:`LINGER` seconds
 (so it reads the answer rather than a reset), then the connection is closed. docs/host.md
-says why this guard rather than h11's limits or another server.
+says why this guard rather than h11's limits or another server. Needs httptools
+(``uvicorn[standard]``, part of the host extra).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,8 +33,16 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .config import Settings
+from .errors import error_json, send_error
 
-__all__ = ["LINGER", "ConnectionLimits", "GuardStats", "GuardedHttpToolsProtocol", "server_config"]
+__all__ = [
+    "LINGER",
+    "ConnectionLimits",
+    "GuardStats",
+    "GuardedHttpToolsProtocol",
+    "guard_stats",
+    "server_config",
+]
 
 LINGER = 1.0
 """Seconds a refused connection's further input is read and discarded before it is closed."""
@@ -269,13 +277,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _body_timed_out(self) -> None:
         self._timer = None
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.more_body:
+        if cycle is None or not cycle.more_body:
             return
         self.stats.body_timeouts += 1
         started = cycle.response_started
         cycle.disconnected = True  # the app reads a disconnect, and its answer is dropped
         cycle.message_event.set()
-        if started:
+        if started:  # answered (or answering) already: nothing more to say
             self.transport.close()
             return
         self._refuse(
@@ -288,7 +296,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``status`` and close: half-close, discard input for LINGER s, then close."""
         if self.transport.is_closing():
             return
-        body = json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
+        body = error_json(code, message)
         self.transport.write(
             b"".join(
                 [
@@ -314,19 +322,6 @@ def _head_refusal(why: str) -> tuple[int, str, str]:
 
 async def _busy(scope: Any, receive: Any, send: Any) -> None:
     """The answer while ``max_requests`` requests are in progress."""
-    body = json.dumps(
-        {"error": "busy", "message": "too many requests in progress; retry shortly"},
-        separators=(",", ":"),
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
+    await send_error(
+        send, 503, "busy", "too many requests in progress; retry shortly", [(b"retry-after", b"1")]
     )
-    await send({"type": "http.response.body", "body": body})

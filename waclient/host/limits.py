@@ -4,18 +4,20 @@ number's one outbound budget), and a request body size limit."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import send_error
+
 __all__ = ["BodyLimit", "RateLimiter", "SendBudget"]
+
+_CLOSE = [(b"connection", b"close")]
 
 
 @dataclass(slots=True)
@@ -163,7 +165,9 @@ class BodyLimit:
             return
         limit, at_once = self.route_limits[path]
         if self._holding[path] >= at_once:
-            await _error(send, 503, "busy", f"{at_once} uploads are in progress; retry shortly")
+            await send_error(
+                send, 503, "busy", f"{at_once} uploads are in progress; retry shortly", _CLOSE
+            )
             return
         self._holding[path] += 1
         try:
@@ -187,7 +191,7 @@ class BodyLimit:
                 if declared < 0:
                     raise ValueError
             except ValueError:
-                await _error(send, 400, "bad_request", "Content-Length is not a number")
+                await send_error(send, 400, "bad_request", "Content-Length is not a number", _CLOSE)
                 return
             if declared > limit:
                 if declared <= self.drain_cap:
@@ -236,26 +240,10 @@ class BodyLimit:
     async def _refuse(self, send: Send, limit: int) -> None:
         if self.on_refused is not None:
             self.on_refused()
-        await _error(
+        await send_error(
             send,
             413,
             "body_too_large",
             f"the request body is larger than {limit} bytes",
+            _CLOSE,
         )
-
-
-async def _error(send: Send, status: int, code: str, message: str) -> None:
-    body: dict[str, Any] = {"error": code, "message": message}
-    data = json.dumps(body, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

@@ -7,10 +7,11 @@ reads its key from the ``X-API-Key`` header only.
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import send_error
 
 __all__ = ["KEY_PARAMETERS", "RefuseKeyInQuery"]
 
@@ -37,25 +38,13 @@ class RefuseKeyInQuery:
             return
         redacted = [(n, "REDACTED" if _is_key(n) else v) for n, v in pairs]
         scope["query_string"] = urlencode(redacted).encode("latin-1")
-        body = json.dumps(
-            {
-                "error": "key_in_query",
-                "message": "send the API key in the X-API-Key header, never in the URL (URLs "
-                "are logged); this key is now in your client's history: rotate it",
-            },
-            separators=(",", ":"),
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_error(
+            send,
+            400,
+            "key_in_query",
+            "send the API key in the X-API-Key header, never in the URL (URLs are logged); "
+            "this key is now in your client's history: rotate it",
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def _is_key(name: str) -> bool:
