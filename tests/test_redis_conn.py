@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import fakeredis
@@ -65,7 +66,7 @@ async def test_pool_is_bounded_callers_wait_then_fail(redis_url: str) -> None:
     direct = open_redis(redis_url)
     pool = r.connection_pool
     lent = asyncio.Event()
-    get_connection = pool.get_connection
+    get_connection: Callable[..., Awaitable[Any]] = pool.get_connection
 
     async def observed_get_connection(*args: Any, **kwargs: Any) -> Any:
         connection = await get_connection(*args, **kwargs)
@@ -76,7 +77,7 @@ async def test_pool_is_bounded_callers_wait_then_fail(redis_url: str) -> None:
     try:
         blocker: asyncio.Future[Any] = asyncio.ensure_future(r.blpop(["never"], timeout=0))
         await asyncio.wait_for(lent.wait(), 30)  # the pool's only connection is the blocker's
-        pool.get_connection = get_connection  # type: ignore[method-assign]
+        pool.get_connection = get_connection  # type: ignore[method-assign,assignment]
         with pytest.raises(RedisConnectionError, match="No connection available"):
             await r.ping()
         await direct.lpush("never", "released")
