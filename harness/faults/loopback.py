@@ -13,11 +13,46 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from types import TracebackType
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 
 _ACCEPT_BACKOFF_MS = 10
 """After a failed accept() (e.g. EMFILE): wait this long (or until stopped) instead of spinning."""
+
+
+class LoopbackTool:
+    """A fault tool serving on a :class:`LoopbackListener`: ``start()``, ``stop()``, ``port``,
+    and ``with tool:`` for both. Subclasses pass the listener and extend ``stop()``."""
+
+    def __init__(self, listener: LoopbackListener) -> None:
+        self._listener = listener
+
+    @property
+    def port(self) -> int:
+        """The listening port on 127.0.0.1 (0 before ``start()``)."""
+        return self._listener.port
+
+    def start(self) -> Self:
+        """Listen and start accepting; no-op if already started. A stopped tool cannot."""
+        self._listener.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting and close the listener; idempotent."""
+        self._listener.stop(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class LoopbackListener:

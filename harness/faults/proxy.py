@@ -14,10 +14,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
-from harness.faults.loopback import LOOPBACK, LoopbackListener, Waker, close_rst
+from harness.faults.loopback import LOOPBACK, LoopbackListener, LoopbackTool, Waker, close_rst
 
 _CLOSE_TIMEOUT = 10.0
 """How long ``reset()`` waits for an aborted connection's threads to close it. They are woken at
@@ -46,7 +44,7 @@ class ProxyStats:
     """Connections currently open."""
 
 
-class FaultProxy:
+class FaultProxy(LoopbackTool):
     """A loopback TCP proxy in front of ``target`` whose faults can be switched from any thread.
 
     Two threads per connection, one per direction; each reads at most ``chunk_size`` bytes and
@@ -69,7 +67,7 @@ class FaultProxy:
         self._changed = threading.Condition(self._lock)
         self._conns: set[_Conn] = set()
         self._threads: set[threading.Thread] = set()
-        self._listener = LoopbackListener(self._accept, name="FaultProxy", port=port, backlog=128)
+        super().__init__(LoopbackListener(self._accept, name="FaultProxy", port=port, backlog=128))
         self._stopping = False
         self._blackhole = False
         self._refuse = False
@@ -82,11 +80,6 @@ class FaultProxy:
     def target(self) -> tuple[str, int]:
         """The ``(host, port)`` connections are forwarded to."""
         return self._target
-
-    @property
-    def port(self) -> int:
-        """The proxy's listening port on 127.0.0.1 (0 before ``start()``)."""
-        return self._listener.port
 
     @property
     def address(self) -> tuple[str, int]:
@@ -131,17 +124,12 @@ class FaultProxy:
         """True while ``refuse(True)`` is on."""
         return self._refuse
 
-    def start(self) -> Self:
-        """Listen and start accepting; no-op if already started."""
-        self._listener.start()
-        return self
-
     def stop(self, timeout: float = 10.0) -> None:
         """Close the listener and every connection (RST), and join all threads; idempotent."""
         with self._lock:
             self._stopping = True
             conns = list(self._conns)
-        self._listener.stop(timeout)
+        super().stop(timeout)
         self._abort(conns)
         # No new threads start once _stopping is set, so this set is final.
         deadline = time.monotonic() + timeout
@@ -191,17 +179,6 @@ class FaultProxy:
         self.refuse(False)
         self.latency(0.0)
         self.blackhole(False)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"FaultProxy(port={self.port}, target={self._target!r})"

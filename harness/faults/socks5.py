@@ -9,13 +9,11 @@ import contextlib
 import socket
 import struct
 import threading
-from types import TracebackType
-from typing import Self
 
-from harness.faults.loopback import LOOPBACK, LoopbackListener
+from harness.faults.loopback import LOOPBACK, LoopbackListener, LoopbackTool
 
 
-class Socks5Refuser:
+class Socks5Refuser(LoopbackTool):
     """A loopback SOCKS5 server that answers every CONNECT with 0x05 "connection refused".
 
     The listener's one thread serves clients one at a time, each with a short socket timeout.
@@ -24,14 +22,9 @@ class Socks5Refuser:
     def __init__(self, *, port: int = 0, client_timeout: float = 2.0) -> None:
         self._client_timeout = client_timeout
         self._lock = threading.Lock()
-        self._listener = LoopbackListener(self._serve, name="Socks5Refuser", port=port, backlog=64)
+        super().__init__(LoopbackListener(self._serve, name="Socks5Refuser", port=port, backlog=64))
         self._attempts = 0
         self._last_target: tuple[str, int] | None = None
-
-    @property
-    def port(self) -> int:
-        """Listening port on 127.0.0.1 (0 before ``start()``)."""
-        return self._listener.port
 
     @property
     def address(self) -> str:
@@ -47,26 +40,6 @@ class Socks5Refuser:
     def last_target(self) -> tuple[str, int] | None:
         """``(host, port)`` named by the latest CONNECT request."""
         return self._last_target
-
-    def start(self) -> Self:
-        """Listen and start the serving thread; no-op if already started."""
-        self._listener.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving, join the thread, close the socket; idempotent."""
-        self._listener.stop(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"Socks5Refuser(port={self.port}, attempts={self._attempts})"
