@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -480,22 +481,19 @@ class _Worker:
             raise TransportError(f"the worker process is gone: {exc}") from exc
 
     def rss(self) -> int:
-        if not self.alive or self.process is None:
-            return 0
-        try:
-            if self._psutil is None:
-                self._psutil = psutil.Process(self.process.pid)
-            return int(self._psutil.memory_info().rss)
-        except psutil.Error:
-            return 0
+        return self._measure(lambda p: p.memory_info().rss)
 
     def num_fds(self) -> int:
+        return self._measure(lambda p: p.num_fds())
+
+    def _measure(self, read: Callable[[psutil.Process], int]) -> int:
+        """A figure of the live process from psutil; 0 once it is gone."""
         if not self.alive or self.process is None:
             return 0
         try:
             if self._psutil is None:
                 self._psutil = psutil.Process(self.process.pid)
-            return int(self._psutil.num_fds())
+            return int(read(self._psutil))
         except psutil.Error:
             return 0
 

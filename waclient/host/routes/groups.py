@@ -21,6 +21,7 @@ from ..models import (
 )
 from ..pagination import PageDep, bounded_page
 from ..whatsapp_calls import on_whatsapp
+from .messages import SEND_ANSWERS
 
 __all__ = ["GROUP_JID_PATTERN", "group_body", "router"]
 
@@ -36,7 +37,7 @@ def router(settings: Settings) -> APIRouter:
         response_model=GroupBody,
         status_code=201,
         summary="Create a group",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def create(
         host: HostDep, _key: SendLimited, client: ClientDep, body: GroupCreateRequest
@@ -77,7 +78,7 @@ def router(settings: Settings) -> APIRouter:
         "/groups/{jid}/participants",
         response_model=list[ParticipantBody],
         summary="Add, remove, promote or demote participants",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def participants(
         host: HostDep,

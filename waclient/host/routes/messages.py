@@ -35,6 +35,9 @@ __all__ = ["MEDIA_AT_ONCE", "media_kind", "router"]
 MEDIA_AT_ONCE = 2
 """Media uploads held at once (each up to WACLIENT_MAX_MEDIA_BYTES)."""
 
+SEND_ANSWERS = error_responses(400, 401, 413, 422, 429, 502, 503, 504)
+"""The error statuses of every route that sends to WhatsApp."""
+
 MediaKind = Literal["image", "video", "audio", "voice", "document", "sticker"]
 
 
@@ -52,7 +55,7 @@ def router(settings: Settings) -> APIRouter:
         "and for the number as a whole, scheduled sends included (WACLIENT_SEND_RATE, "
         "WACLIENT_SEND_BURST). 503 when WhatsApp is not connected "
         "(`not_connected`) or memory is past the soft limit (`memory_shedding`).",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def send_text(
         host: HostDep,
@@ -79,7 +82,7 @@ def router(settings: Settings) -> APIRouter:
         f"it. At most WACLIENT_MAX_MEDIA_BYTES ({settings.max_media_bytes} bytes here) and "
         f"{MEDIA_AT_ONCE} uploads at once (503 `busy` past that). `quoted_chat` and "
         "`quoted_id` reply to a message.",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -121,7 +124,7 @@ def router(settings: Settings) -> APIRouter:
         "/messages/reaction",
         response_model=SentBody,
         summary="React to a message (an empty emoji removes the reaction)",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def react(
         host: HostDep, _key: SendLimited, client: ClientDep, body: ReactionRequest
@@ -136,7 +139,7 @@ def router(settings: Settings) -> APIRouter:
         "/messages/read",
         status_code=204,
         summary="Mark a received message read (blue ticks)",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def mark_read(
         host: HostDep, _key: SendLimited, client: ClientDep, body: ReadRequest
@@ -149,7 +152,7 @@ def router(settings: Settings) -> APIRouter:
         "/presence",
         status_code=204,
         summary="Show typing/recording/paused in a chat, or the account available/unavailable",
-        responses=error_responses(400, 401, 413, 422, 429, 502, 503, 504),
+        responses=SEND_ANSWERS,
     )
     async def presence(
         host: HostDep, _key: SendLimited, client: ClientDep, body: PresenceRequest
