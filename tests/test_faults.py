@@ -207,6 +207,33 @@ def test_proxy_reset_never_lets_a_redis_client_reuse_the_connection(
     assert stats.accepted == 2 and stats.resets == 1
 
 
+def test_proxy_reset_does_not_wait_for_an_upstream_connect() -> None:
+    """A connection still connecting upstream (the target's accept queue is full, so its SYNs
+    are dropped) is reset at once: the connect is not counted as failed, and the client gets
+    its RST although the connect timeout is ten minutes."""
+    with socket.socket() as target:
+        target.bind(("127.0.0.1", 0))
+        target.listen(0)  # queue of one, never accepted
+        fillers = [socket.socket() for _ in range(2)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(target.getsockname())
+            with (
+                FaultProxy(target.getsockname(), connect_timeout=600) as proxy,
+                socket.create_connection(proxy.address, timeout=30) as raw,
+            ):
+                proxy.wait_for(lambda s: s.active == 1)
+                assert proxy.reset() == 1
+                with pytest.raises(ConnectionResetError):
+                    raw.recv(64)
+                stats = proxy.stats
+                assert stats.upstream_failures == 0 and stats.active == 0
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def test_proxy_wait_for_is_woken_by_changes_and_has_a_guard(fault_proxy: FaultProxy) -> None:
     with socket.create_connection(fault_proxy.address, timeout=10) as raw:
         assert fault_proxy.wait_for(lambda s: s.active == 1).accepted == 1

@@ -2,7 +2,9 @@
 
 ``LoopbackListener`` owns the listening socket and the thread that accepts clients and hands each
 one to the tool's ``handle(client)``; ``stop()`` wakes that thread at once (no polling interval)
-and joins it. Nothing here listens beyond 127.0.0.1.
+and joins it. ``LoopbackTool`` is the base of the tools that serve on one (``FaultProxy``,
+``Socks5Refuser``): ``port``, ``start()``, ``stop()`` and ``with``. Nothing here listens beyond
+127.0.0.1.
 """
 
 from __future__ import annotations
