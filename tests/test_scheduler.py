@@ -183,9 +183,10 @@ async def test_two_schedulers_running_never_send_a_due_job_twice(redis_url: str)
     a = Scheduler(ra, out_a, namespace=NS, poll_interval=0.005, claim_batch=7)
     b = Scheduler(rb, out_b, namespace=NS, poll_interval=0.005, claim_batch=7)
     n = 400
-    due = datetime.now(UTC) + timedelta(milliseconds=500)
-    for i in range(n):
-        await a.create_once("c", f"job {i}", due + timedelta(microseconds=i * 500))
+    created = datetime.now(UTC)
+    due = created + timedelta(milliseconds=500)
+    for i in range(n):  # `now=`: on a loaded machine creating 400 jobs can take over 500 ms
+        await a.create_once("c", f"job {i}", due + timedelta(microseconds=i * 500), now=created)
     await a.start()
     await b.start()
     try:
