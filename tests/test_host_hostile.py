@@ -23,7 +23,7 @@ import pytest
 import redis as redis_sync
 from fastapi.routing import APIRoute
 from test_host_api import KEY, OTHER_KEY, PHONE, make_settings, wait_ready
-from test_host_limits import client_for, wait_until
+from test_host_limits import HangingTransport, client_for, wait_until
 from test_host_process import KEY as PROCESS_KEY
 from test_host_process import answers, free_port, host_process, serving_env
 
@@ -683,3 +683,22 @@ def walk_sizes(url: str) -> tuple[int, int]:
             if body["next_cursor"] is None:
                 return seen, largest
             params["cursor"] = body["next_cursor"]
+
+
+def test_requests_in_progress_are_capped(tmp_path: Path) -> None:
+    """WACLIENT_MAX_REQUESTS=1: while a send hangs, the next request is 503 busy; once it
+    ends (504 at the send timeout), requests are answered again."""
+    transport = HangingTransport()
+    settings = make_settings(tmp_path, None, max_requests=1, send_timeout=2)
+    with serve(create_app(settings, transport=transport)) as srv, client_for(srv.url) as api:
+        wait_ready(api)
+        with ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(api.post, "/messages/text", json={"to": PHONE, "text": "x"})
+            wait_until(lambda: transport.sending == 1, "the send to start")
+            busy = httpx.get(f"{srv.url}/health")
+            assert busy.status_code == 503 and busy.json()["error"] == "busy"
+            assert busy.headers["Retry-After"] == "1"
+            assert stuck.result().status_code == 504
+        assert api.get("/health").status_code == 200
+        stats = guard_stats(srv.server.config)
+        assert stats is not None and stats.busy == 1

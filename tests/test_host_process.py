@@ -218,3 +218,20 @@ def test_proxy_setting_reaches_the_worker(tmp_path: Path, socks5_refuser: Socks5
         assert socks5_refuser.last_target[1] == 443  # WhatsApp's web socket, refused
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == -signal.SIGTERM
+
+
+def test_a_key_in_the_url_never_reaches_the_log(tmp_path: Path) -> None:
+    """`python -m waclient.host` at debug level, its access log on: a key sent in the query
+    string is refused, and the log shows the request with the key redacted."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "host.log"
+    with host_process(serving_env(tmp_path, port, WACLIENT_LOG_LEVEL="debug"), log) as proc:
+        wait_until(lambda: answers(url) or proc.poll() is not None, "the host to answer")
+        r = httpx.get(f"{url}/session", params={"api_key": KEY}, headers={"X-API-Key": KEY})
+        assert r.status_code == 400 and r.json()["error"] == "key_in_query"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    text = log.read_text()
+    assert "GET /session?api_key=REDACTED HTTP/1.1" in text and "DEBUG" in text
+    assert KEY not in text
