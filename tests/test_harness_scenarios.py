@@ -21,9 +21,10 @@ def test_every_scenario_of_the_design_is_built_in() -> None:
         "scheduler-churn",
         "neonize-storm-raw",
         "neonize-storm-isolated",
+        "media-churn",
     } <= names
     assert {m.name for m in MUTANTS} <= names
-    assert len(MUTANTS) == 5
+    assert len(MUTANTS) == 6
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
