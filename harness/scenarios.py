@@ -1,7 +1,7 @@
 """Built-in soak scenarios, and how a ``--scenario`` argument is resolved.
 
-Each scenario is a :class:`~harness.runner.Scenario`: a generator function that sets state up,
-yields a :class:`~harness.runner.Workload` (the cycle and the registries whose listeners to
+Each scenario is a :class:`~harness.model.Scenario`: a generator function that sets state up,
+yields a :class:`~harness.model.Workload` (the cycle and the registries whose listeners to
 count), and tears the state down after the ``yield``. ``python -m harness scenarios`` lists
 them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a mutant).
 
@@ -25,68 +25,19 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import os
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.runner import Scenario, UsageError, Workload, as_scenario, scenario
+from harness import mutants
+from harness.errors import UsageError
+from harness.model import Scenario, Workload, as_scenario, scenario
+from harness.rigs import client_rig, reconnect_cycle
 
-if TYPE_CHECKING:
-    from harness.simulate import SimulatedTransport
-    from waclient import Client
-
-__all__ = ["builtin_scenarios", "client_rig", "reconnect_cycle", "resolve"]
-
-
-# -- shared rigs -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def client_rig(
-    *, max_listeners: int | None = 100, name: str = "soak"
-) -> AsyncIterator[tuple[Client, SimulatedTransport, int]]:
-    """A started Client on a SimulatedTransport with zero backoff; yields (client, sim, n).
-
-    ``n`` is the number of the first session, already live (Connected is on its way).
-    """
-    from harness.simulate import SimulatedTransport
-    from waclient import Backoff, Client
-
-    # A short sent-message log: it fills during the warm-up, not the measured cycles.
-    sim = SimulatedTransport(auto_connect=True, name=name, sent_log=20)
-    client = Client(
-        sim,
-        backoff=Backoff(0, 0, jitter=0),
-        max_failures=1_000_000,
-        max_listeners=max_listeners,
-    )
-    async with client:
-        first = await sim.wait_session()
-        yield client, sim, first.number
-
-
-def reconnect_cycle(client: Client, sim: SimulatedTransport, first: int, messages: int = 20) -> Any:
-    """A cycle: wait for the next session, ``messages`` messages, Disconnected, all dispatched."""
-    from harness.simulate import message_event
-
-    chats = [f"1555000{n:04d}@s.whatsapp.net" for n in range(8)]
-
-    async def cycle(i: int) -> None:
-        await sim.wait_session(first + i, timeout=10.0)
-        await sim.emit(
-            *(
-                message_event(chats[(i + j) % 8], f"cycle {i} message {j}", id=f"C{i:08d}M{j:03d}")
-                for j in range(messages)
-            )
-        )
-        await sim.disconnect()
-        await client.idle()
-
-    return cycle
+__all__ = ["builtin_scenarios", "resolve"]
 
 
 # -- clean scenarios -------------------------------------------------------------------------------
@@ -400,8 +351,6 @@ async def scheduler_churn() -> AsyncIterator[Workload]:
 
 def builtin_scenarios() -> dict[str, Scenario]:
     """Every built-in scenario by name, mutants included, in suite order."""
-    from harness import mutants
-
     found = [reconnect, burst, redis_outage, scheduler_churn, neonize_storm_raw]
     found += [neonize_storm_isolated, *mutants.MUTANTS]
     return {s.name: s for s in found}

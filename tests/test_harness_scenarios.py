@@ -28,7 +28,7 @@ def test_every_scenario_of_the_design_is_built_in() -> None:
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_each_mutant_leaks_on_its_channel_and_memray_names_its_line(mutant: object) -> None:
-    from harness.runner import Scenario
+    from harness.model import Scenario
 
     assert isinstance(mutant, Scenario) and mutant.bug is not None
     v = soak(mutant, cycles=240, warmup=40)
