@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from harness.threads import Frames
+
 __all__ = [
     "MAX_POINTS",
     "ChannelResult",
@@ -706,6 +708,8 @@ _MACHINERY = {
     )
 }  # fmt: skip
 """The harness's own modules (not the scenarios, mutants, rigs: they are workloads)."""
+_THREADS = os.path.join(_HARNESS_DIR, "threads.py")
+"""Plumbing: the wrapper of Thread.start that notes where threads start."""
 _STDLIB_DIRS = tuple(
     os.path.normpath(p) + os.sep
     for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
@@ -738,7 +742,7 @@ def _library_dirs() -> tuple[str, ...]:
 def is_machinery(filename: str) -> bool:
     """Frames the harness itself, memray, or the event loop's plumbing put on the stack."""
     f = os.path.normpath(filename)
-    if f in _MACHINERY or "/memray/" in f:
+    if f in _MACHINERY or f == _THREADS or "/memray/" in f:
         return True
     if f.startswith(_STDLIB_DIRS):
         rest = f.split(os.sep)[-2:]
@@ -773,14 +777,18 @@ def display_path(filename: str) -> str:
 
 
 def leak_sites_from_capture(
-    path: str | os.PathLike[str], top: int = TOP_SITES
+    path: str | os.PathLike[str],
+    top: int = TOP_SITES,
+    starts: Mapping[str, Frames] | None = None,
 ) -> tuple[list[LeakSite], int, int]:
     """The largest sites still live at the end of a memray capture, grouped by location.
 
     The location of a site is its first frame in user code: not the harness's own machinery,
     memray, asyncio or threading plumbing, the standard library, installed packages, or
     ``waclient`` (the library under test). When there is no such frame (memory the Go core
-    took on a neonize thread), the innermost remaining frame. Returns (sites, bytes, count).
+    took on a neonize thread), the innermost remaining frame; memory a thread allocated with
+    no Python stack goes to the line that started it when ``starts``
+    (:func:`harness.threads.thread_starts`) knows it. Returns (sites, bytes, count).
     """
     import memray
 
@@ -791,11 +799,13 @@ def leak_sites_from_capture(
     reader = memray.FileReader(os.fspath(path))
     hybrid = bool(reader.metadata.has_native_traces)
     try:
-        for rec in reader.get_leaked_allocation_records(merge_threads=True):
+        for rec in reader.get_leaked_allocation_records(merge_threads=False):
             size, count = int(rec.size), int(rec.n_allocations)
-            frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
+            frames: Frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
             if not frames and hybrid:
                 frames = _python_frames_of_hybrid(rec)
+            if not frames and starts:
+                frames = list(starts.get(str(rec.thread_name), []))
             if _allocated_by_the_harness(frames, libraries):
                 continue  # the harness's own bookkeeping (progress JSON, sampling)
             kept = [fr for fr in frames if not is_machinery(fr[1])]

@@ -55,6 +55,7 @@ from harness.probes import (
     freeze,
     unfreeze,
 )
+from harness.threads import Frames, thread_starts
 
 __all__ = ["soak", "soak_async"]
 
@@ -326,6 +327,8 @@ class _Run:
         self.workload_notes: list[str] = []
         self.alarm_armed = False
         self._tracker: Any = None
+        self._starts: contextlib.AbstractContextManager[dict[str, Frames]] | None = None
+        self.thread_starts: dict[str, Frames] = {}
         self._tmp: str | None = None
         self._tick_t = 0.0
         self._tick_i = 0
@@ -468,7 +471,7 @@ class _Run:
         self.warm_series = sampler.series()
         cycling = self.seconds["warm-up"] - sampler.seconds
         per_cycle = max(0.0, cycling) / cfg.warmup if cfg.warmup else 0.0
-        plan = sampler.plan(cfg.measured, per_cycle, cfg.sample_every)
+        plan = sampler.plan(cfg.measured, per_cycle, cfg.sample_every, sampler.mean_seconds())
         self.every = plan.every
         import scipy.stats  # noqa: F401 - imported now, not in the middle of the measured cycles
 
@@ -523,6 +526,8 @@ class _Run:
             self.notes.append(f"memray could not track this run: {exc}")
             return
         self._tracker = tracker
+        self._starts = thread_starts()
+        self.thread_starts = self._starts.__enter__()
         self.capture = path
 
     def end(self) -> None:
@@ -536,6 +541,9 @@ class _Run:
         tracker, self._tracker = self._tracker, None
         if tracker is not None:
             tracker.__exit__(None, None, None)
+        starts, self._starts = self._starts, None
+        if starts is not None:
+            starts.__exit__(None, None, None)
 
     def abort(self) -> None:
         self._stop_tracker()
@@ -558,7 +566,7 @@ class _Run:
         if self.capture is not None:
             try:
                 v.leak_sites, v.leaked_bytes, v.leaked_allocations = leak_sites_from_capture(
-                    self.capture, cfg.top_sites
+                    self.capture, cfg.top_sites, self.thread_starts
                 )
             except Exception as exc:  # a truncated capture: keep the verdict
                 self.notes.append(f"could not read memray's capture: {exc}")

@@ -378,7 +378,7 @@ class Sampler:
     that existed before each phase (``gc.freeze()``), which keeps each collection cheap.
     """
 
-    BUDGET = 0.05
+    BUDGET = 0.03
     """Sampling may take this share of the measured run (more only to reach MIN_SAMPLES)."""
     MIN_SAMPLES = 200
     MAX_SAMPLES = 2000
@@ -407,13 +407,21 @@ class Sampler:
             costs[p.name] = _fastest(p.read, repeat)
         return costs
 
-    def plan(self, measured: int, cycle_seconds: float, every: int | None = None) -> Plan:
+    def plan(
+        self,
+        measured: int,
+        cycle_seconds: float,
+        every: int | None = None,
+        observed: float | None = None,
+    ) -> Plan:
         """Choose the sampling interval for ``measured`` cycles of ``cycle_seconds`` each.
 
         Cheap probes: sampling takes at most ``BUDGET`` of the run, but never fewer than
         ``MIN_SAMPLES`` samples nor more than ``MAX_SAMPLES``. A probe that costs more than the
         budget allows at that interval (``gc_objects`` on a big heap, a slow user probe) is read
         on every n-th sampling point only, keeping at least ``MIN_SAMPLES_EXPENSIVE`` samples.
+        ``observed``: seconds a whole sample took on average during the warm-up; the collection
+        costs more there than right after a freeze, where :meth:`probe_costs` times it.
         """
         costs = self.probe_costs()
         budget = max(cycle_seconds, 1e-7) * self.BUDGET
@@ -422,6 +430,8 @@ class Sampler:
         # A probe is "cheap" when it costs no more than the collection plus 50 us.
         limit = cheap + 50e-6
         cheap += sum(c for c in per_probe.values() if c <= limit)
+        if observed is not None:
+            cheap = max(cheap, observed - sum(c for c in per_probe.values() if c > limit))
         lo = max(1, math.ceil(measured / self.MAX_SAMPLES))
         hi = max(lo, measured // self.MIN_SAMPLES)
         if every is None:
@@ -463,6 +473,10 @@ class Sampler:
                 ch.n = n + 1
         self._calls = calls + 1
         self.seconds += time.perf_counter() - started
+
+    def mean_seconds(self) -> float | None:
+        """Seconds per sample since :meth:`prepare` (None before the first)."""
+        return self.seconds / self._calls if self._calls else None
 
     def series(self) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
         """The samples of the prepared phase, per channel, as (cycles, values)."""
