@@ -581,12 +581,14 @@ def compare_channel(new: ChannelResult, old: ChannelResult, floor: float) -> Cha
     """``new`` marked a regression when its slope rose beyond the noise of both runs.
 
     Beyond noise: the new slope's lower confidence bound is above the old one's upper bound
-    (within-run noise), and the rise is above ``floor`` (run-to-run drift of clean runs, the
-    channel's automatic threshold floor; for counts, which have none, any rise).
+    (within-run noise), and both the rise and the new slope are above ``floor`` (run-to-run
+    drift of clean runs, the channel's automatic threshold floor; for counts, which have
+    none, any rise): a channel that shrinks less than before has not regressed.
     """
     new.baseline_slope = old.slope_per_cycle
     rise = new.slope_per_cycle - old.slope_per_cycle
-    if new.leaking or new.slope_low <= old.slope_high or rise <= floor:
+    grows = new.slope_per_cycle > floor and rise > floor
+    if new.leaking or new.slope_low <= old.slope_high or not grows:
         return new
     per = f"{new.unit}/cycle" if new.unit else "/cycle"
     new.leaking = new.regression = True

@@ -315,7 +315,7 @@ def _suite(a: argparse.Namespace) -> int:
         elif not a.long:
             warmup = None if sc.suite_cycles is None else warmup
         timeout = (sc.timeout or 600.0) * (8 if a.long else 1)
-        baseline = Path(a.baseline) / sc.name / "verdict.json" if a.baseline else None
+        baseline = Path(a.baseline).resolve() / sc.name / "verdict.json" if a.baseline else None
         bar = None if a.quiet else ProgressBar(sc.name)
         t0 = time.monotonic()
         try:

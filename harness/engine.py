@@ -346,10 +346,10 @@ class _Run:
         while True:
             yield from self._cycles(cycle, self.done, target, "measured")
             self.done = target
+            self.gc_end = gc_type_counts()  # before the analysis makes objects of its own
             target = self.extension()
             if target <= self.done:
                 break
-        self.gc_end = gc_type_counts()
         if cfg.tracked_cycles:
             self.start_tracker()
             stop = self.done + cfg.tracked_cycles

@@ -93,6 +93,8 @@ def test_a_slope_that_rose_beyond_noise_against_a_baseline_is_a_regression() -> 
     assert compare_channel(worse, old, 32.0).regression and worse.leaking
     assert worse.kind == "regression" and "REGRESSION" in worse.reason
     assert not compare_channel(same, old, 32.0).regression and not same.leaking
+    shrinking, shrinking_less = rss(-300.0, 10), rss(-100.0, 11)
+    assert not compare_channel(shrinking_less, shrinking, 32.0).regression
 
 
 @pytest.mark.parametrize("period", [25, 50, 100])

@@ -215,7 +215,6 @@ def test_a_cache_still_filling_at_max_cycles_is_undecided() -> None:
     assert "still settling" in v.summary()  # the evidence: the channel's reason
 
 
-
 @pytest.mark.parametrize("run", range(3))
 def test_an_lru_cache_filling_during_the_first_half_is_bounded(run: int) -> None:
     @functools.lru_cache(maxsize=1000)
