@@ -44,7 +44,7 @@ __all__ = [
     "leak_sites_from_capture",
 ]
 
-MAX_POINTS = 1500
+MAX_POINTS = 800
 """Samples analysed per channel at most (evenly thinned beyond): Theil-Sen is O(n^2)."""
 TOP_SITES = 10
 NO_PYTHON_FRAME = "<no Python frame>"
@@ -873,6 +873,7 @@ def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
 def gc_type_counts() -> dict[str, int]:
     """Live gc-tracked objects per type (``module.qualname``), frozen ones included."""
     import gc
+    from collections import Counter
 
     from harness.probes import freeze
 
@@ -881,10 +882,9 @@ def gc_type_counts() -> dict[str, int]:
         gc.unfreeze()
     try:
         counts: dict[str, int] = {}
-        for obj in gc.get_objects():
-            t = type(obj)
+        for t, n in Counter(map(type, gc.get_objects())).items():
             key = f"{t.__module__}.{t.__qualname__}"
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + n
         return counts
     finally:
         if frozen:

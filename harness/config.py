@@ -40,7 +40,7 @@ class Settings:
     """While a channel is still settling, the run goes on up to this many (default 4 x cycles)."""
     tracked_cycles: int | None = None
     """Cycles run under memray after the decision, for the leak sites (default 10 % of the
-    measured cycles, 100 to 1,000; 0 without memray)."""
+    measured cycles, 100 to 500; 0 without memray)."""
     thresholds: Mapping[str, float] | None = None
     """Per channel, the slope (units per cycle) above which growth is a leak."""
     memray: bool | None = None
@@ -141,8 +141,8 @@ def default_warmup(cycles: int) -> int:
 
 
 def default_tracked_cycles(measured: int) -> int:
-    """10 % of the measured cycles, at least 100 and at most 1,000."""
-    return min(1000, max(100, measured // 10))
+    """10 % of the measured cycles, at least 100 and at most 500."""
+    return min(500, max(100, measured // 10))
 
 
 def configure(name: str, *layers: Settings) -> Config:
