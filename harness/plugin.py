@@ -139,8 +139,11 @@ class SoakFixture:
         expect = expect_leak if expect_leak is not False else marked.pop("expect_leak", False)
         marked.pop("expect_leak", None)
         ini = str(config.getini("soak_cycles") or "").strip()
+        own_dir = "report_dir" in call or "report_dir" in marked
         layers = [
-            Settings.of(cycles=int(ini) if ini else None, report_dir=self._report_dir()),
+            Settings.of(
+                cycles=int(ini) if ini else None, report_dir=None if own_dir else self._report_dir()
+            ),
             Settings.of(**marked),
             Settings.of(**call),
             Settings.of(cycles=config.getoption("soak_cycles")),
