@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec
 
 from harness.analysis import Verdict, decide, gc_type_counts, leak_sites_from_capture
 from harness.config import Config, Settings, configure
@@ -60,6 +60,7 @@ from harness.threads import Frames, thread_starts
 __all__ = ["soak", "soak_async"]
 
 Steps = Generator[Awaitable[Any], None, None]
+P = ParamSpec("P")
 HARD_STOP_GRACE = 5.0
 """Seconds an async run gets to cancel itself cleanly at its deadline before SIGALRM."""
 
@@ -104,46 +105,36 @@ def soak(
     # cancellation at the deadline first, and the signal only if the loop itself is stuck.
     timeout_s = run.cfg.timeout
     alarm = timeout_s + (HARD_STOP_GRACE if needs_loop else 0.0) if timeout_s else None
-    try:
-        with _alarm(alarm, run):
-            if sc.is_async:
-                asyncio.run(_run_async_scenario(sc, run))
-            else:
-                _run_sync_scenario(sc, run)
-    except BaseException:
-        run.abort()
-        raise
-    finally:
-        run.close_progress()
+    with run.guarded(), _alarm(alarm, run):
+        if sc.is_async:
+            asyncio.run(_run_async_scenario(sc, run))
+        else:
+            _run_sync_scenario(sc, run)
     return run.verdict()
 
 
-async def soak_async(
-    cycle: Cycle | Scenario | Callable[[], Any],
-    cycles: int | None = None,
-    warmup: int | None = None,
-    thresholds: Mapping[str, float] | None = None,
-    probes: Sequence[Probe] | Mapping[str, Callable[[], float]] | None = None,
-    registry: ListenerSource | Sequence[ListenerSource] | None = None,
-    report_dir: str | os.PathLike[str] | None = None,
-    memray: bool | None = None,
-    timeout: float | None = None,
-    progress: bool | Progress = False,
-    *,
-    name: str | None = None,
-    settings: Settings | None = None,
-    **options: Any,
-) -> Verdict:
+def _async_twin(
+    sync: Callable[P, Verdict],
+) -> Callable[[Callable[..., Awaitable[Verdict]]], Callable[P, Awaitable[Verdict]]]:
+    """Give an async function the signature of ``sync`` (one parameter list, two drivers)."""
+
+    def wrap(fn: Callable[..., Awaitable[Verdict]]) -> Callable[P, Awaitable[Verdict]]:
+        fn.__signature__ = inspect.signature(sync)  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+@_async_twin(soak)
+async def soak_async(*args: Any, **kwargs: Any) -> Verdict:
     """:func:`soak` on the running event loop (for async tests and applications)."""
-    sc = as_scenario(cycle, name)
-    run = _prepare(sc, locals(), options, settings)
-    try:
+    bound = inspect.signature(soak).bind(*args, **kwargs)
+    bound.apply_defaults()
+    call = dict(bound.arguments)
+    sc = as_scenario(call["cycle"], call["name"])
+    run = _prepare(sc, call, call.pop("options"), call["settings"])
+    with run.guarded():
         await _run_async_scenario(sc, run)
-    except BaseException:
-        run.abort()
-        raise
-    finally:
-        run.close_progress()
     return run.verdict()
 
 
@@ -402,10 +393,18 @@ class _Run:
         if self.progress is not None:
             self.progress(phase, done, total)
 
-    def close_progress(self) -> None:
-        close = getattr(self.progress, "close", None)
-        if callable(close):
-            close()
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Around the run: stop memray and thaw on any failure; close the progress bar."""
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            close = getattr(self.progress, "close", None)
+            if callable(close):
+                close()
 
     def _tick(self, phase: str, i: int, start: int, stop: int) -> int:
         """After cycle ``i``: report progress, check the deadline; return the next tick's index.
