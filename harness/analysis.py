@@ -11,9 +11,14 @@ The decision, per channel, on the samples of the measured cycles only (warm-up e
    ``scipy.stats.kendalltau(alternative="greater")``) significant at ``1 - confidence``, and its
    growth (median of its last tenth minus median of its first tenth) above the channel's
    ``min_growth``.
+3. The growth must not decelerate: a first half whose slope is confidently above the second
+   half's (intervals apart, the second less than half the first) is *undecided*: more cycles
+   tell (the engine extends the run up to ``max_cycles``).
 
 A cache that fills in the first half and then stops passes 1 but fails 2: not a leak. A slow
-steady leak passes both. A sawtooth or bursts that free their memory fail 1.
+steady leak passes all three. A sawtooth or bursts that free their memory fail 1. Thresholds
+of the memory channels come from each run's own noise (:func:`analyze_channel` with
+``threshold=None``), floored per channel; :func:`compare_channel` judges a baseline.
 """
 
 from __future__ import annotations
@@ -191,7 +196,7 @@ class Verdict:
     scenario: str = "cycle"
     confidence: float = 0.99
     tracked: bool = False
-    """True when the measured cycles ran under memray."""
+    """True when ``tracked_cycles`` ran under memray after the measured (untracked) cycles."""
     seconds: float = 0.0
     warmup_cycles_per_second: float = 0.0
     measured_cycles_per_second: float = 0.0
