@@ -196,6 +196,11 @@ def test_still_settling_at_max_cycles_exits_3_with_the_evidence(workdir: Path) -
     assert "UNDECIDED: still settling after 600 cycles; run longer" in p.stdout
     assert "py_blocks: still settling" in p.stdout
     assert json.loads((workdir / "v.json").read_text())["status"] == "undecided"
+    allowed = harness(
+        workdir, "soak", "--scenario", "usercycles:settling", "--cycles", "600",
+        "--max-cycles", "600", "--no-memray", "--allow-undecided",
+    )  # fmt: skip
+    assert allowed.returncode == 0 and "UNDECIDED" in allowed.stdout
 
 
 def test_a_slope_that_rose_against_the_baseline_is_a_regression(workdir: Path) -> None:
