@@ -341,8 +341,7 @@ class _Run:
             target = self.extension()
             if target <= self.done:
                 break
-        if cfg.tracked_cycles:
-            self.start_tracker()
+        if cfg.tracked_cycles and self.start_tracker():
             stop = self.done + cfg.tracked_cycles
             yield from self._cycles(cycle, self.done, stop, "tracked")
             self.tracked = cfg.tracked_cycles
@@ -471,7 +470,10 @@ class _Run:
         cycling = self.seconds["warm-up"] - sampler.seconds
         per_cycle = max(0.0, cycling) / cfg.warmup if cfg.warmup else 0.0
         plan = sampler.plan(cfg.measured, per_cycle, cfg.sample_every, sampler.mean_seconds())
-        self.every = plan.every
+        # Room for every sample up to max_cycles, allocated now: arrays allocated later
+        # would be a step in the heap. At most 4 x MAX_SAMPLES of them.
+        extended = cfg.max_cycles - cfg.warmup + cfg.tracked_cycles
+        self.every = max(plan.every, math.ceil(extended / (4 * Sampler.MAX_SAMPLES)))
         import scipy.stats  # noqa: F401 - imported now, not in the middle of the measured cycles
 
         if cfg.memray:
@@ -479,7 +481,7 @@ class _Run:
                 import memray  # noqa: F401
         if cfg.collect:
             freeze()  # the warm-up's survivors join the frozen generation
-        room = (cfg.max_cycles - cfg.warmup + cfg.tracked_cycles) // plan.every + 16
+        room = extended // self.every + 16
         sampler.prepare(room, plan.multiples)
         self.gc_start = gc_type_counts()
         self.done = cfg.warmup
@@ -498,14 +500,15 @@ class _Run:
         assert self.sampler is not None
         return decide(self.sampler.probes, self.sampler.series(), self.cfg, self.done)
 
-    def start_tracker(self) -> None:
+    def start_tracker(self) -> bool:
+        """Start memray (True), or note why it could not (False)."""
         try:
             import memray
         except ImportError:
             self.notes.append(
                 "memray is not installed: no leak sites (pip install waclient[harness])"
             )
-            return
+            return False
         cfg = self.cfg
         if cfg.report_dir is not None:
             cfg.report_dir.mkdir(parents=True, exist_ok=True)
@@ -523,11 +526,12 @@ class _Run:
             tracker.__enter__()
         except (RuntimeError, OSError) as exc:  # another Tracker is active, say
             self.notes.append(f"memray could not track this run: {exc}")
-            return
+            return False
         self._tracker = tracker
         self._starts = thread_starts()
         self.thread_starts = self._starts.__enter__()
         self.capture = path
+        return True
 
     def end(self) -> None:
         """After the tracked cycles: stop memray, keep the samples, thaw the collector."""
