@@ -348,24 +348,27 @@ class _Run:
         self.end()
 
     def _cycles(self, cycle: Cycle, start: int, stop: int, phase: str) -> Steps:
-        """THE cycle loop: run cycles ``start..stop``, sample, tick; awaitables are yielded."""
+        """THE cycle loop: run cycles ``start..stop``, sample, tick; awaitables are yielded.
+
+        The inner loop runs the ``every`` cycles between two samples and nothing else: the
+        sample, the progress tick and the deadline come between those runs.
+        """
         sampler = self.sampler
         assert sampler is not None
         sample, every, isawaitable = sampler.sample, self.every, inspect.isawaitable
         self._phase = phase
         if phase == "measured" and start == self.cfg.warmup:
             sample(start)
-        countdown, tick_at, i = every, start, start
+        tick_at, i = start, start
         t0 = time.perf_counter()
         try:
-            for i in range(start, stop):
-                r = cycle(i)
-                if r is not None and isawaitable(r):
-                    yield r
-                countdown -= 1
-                if countdown == 0:
-                    sample(i + 1)
-                    countdown = every
+            for run_start in range(start, stop, every):
+                run_stop = min(run_start + every, stop)
+                for i in range(run_start, run_stop):
+                    r = cycle(i)
+                    if r is not None and isawaitable(r):
+                        yield r
+                sample(run_stop)
                 if i >= tick_at:
                     tick_at = self._tick(phase, i, start, stop)
         except SoakTimeout:
@@ -381,8 +384,6 @@ class _Run:
             self.failed_at = i
             raise
         self.seconds[phase] += time.perf_counter() - t0
-        if countdown != every:
-            sample(stop)
         self.report(phase, stop - start, stop - start)
 
     # -- progress and deadline ------------------------------------------------------------------
