@@ -58,10 +58,23 @@ def soak(session: nox.Session) -> None:
 
     Clean scenarios must stay bounded; the raw neonize storm is a known upstream leak (it must
     be detected, and does not fail the session); every mutant must be caught on its channel.
+    The previous run's reports move to soak-report-previous/ and are the baseline: a channel
+    whose slope rose beyond noise since then fails as a regression.
     Extra arguments go to `python -m harness suite` (e.g. `--only reconnect`).
     """
+    import shutil
+    from pathlib import Path
+
     _install(session, "harness")
-    session.run("python", "-m", "harness", "suite", "--report", "soak-report", *session.posargs)
+    baseline: list[str] = []
+    if Path("soak-report").is_dir():
+        shutil.rmtree("soak-report-previous", ignore_errors=True)
+        Path("soak-report").rename("soak-report-previous")
+        baseline = ["--baseline", "soak-report-previous"]
+    session.run(
+        "python", "-m", "harness", "suite", "--report", "soak-report", *baseline,
+        *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session(name="soak-long")

@@ -11,9 +11,14 @@ The decision, per channel, on the samples of the measured cycles only (warm-up e
    ``scipy.stats.kendalltau(alternative="greater")``) significant at ``1 - confidence``, and its
    growth (median of its last tenth minus median of its first tenth) above the channel's
    ``min_growth``.
+3. The growth must not decelerate: a first half whose slope is confidently above the second
+   half's (intervals apart, the second less than half the first) is *undecided*: more cycles
+   tell (the engine extends the run up to ``max_cycles``).
 
 A cache that fills in the first half and then stops passes 1 but fails 2: not a leak. A slow
-steady leak passes both. A sawtooth or bursts that free their memory fail 1.
+steady leak passes all three. A sawtooth or bursts that free their memory fail 1. Thresholds
+of the memory channels come from each run's own noise (:func:`analyze_channel` with
+``threshold=None``), floored per channel; :func:`compare_channel` judges a baseline.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from harness.threads import Frames
+
 __all__ = [
     "MAX_POINTS",
     "ChannelResult",
@@ -42,7 +49,7 @@ __all__ = [
     "leak_sites_from_capture",
 ]
 
-MAX_POINTS = 1500
+MAX_POINTS = 800
 """Samples analysed per channel at most (evenly thinned beyond): Theil-Sen is O(n^2)."""
 TOP_SITES = 10
 NO_PYTHON_FRAME = "<no Python frame>"
@@ -80,12 +87,29 @@ class ChannelResult:
     samples: int
     start: float
     end: float
+    undecided: bool = False
+    """Still settling: the growth decelerates (a cache filling?); more cycles will tell."""
+    early_slope_per_cycle: float = 0.0
+    """Theil-Sen slope over the first half of the measured samples."""
+    late_slope_high: float = 0.0
+    noise: float = 0.0
+    """Scatter of the samples around the trend (1.4826 x median absolute residual)."""
+    threshold_auto: bool = False
+    """The threshold was derived from this run's noise (not set by the user)."""
+    baseline_slope: float | None = None
+    """The slope of the same channel in the baseline verdict, when one was given."""
+    regression: bool = False
+    """The slope rose beyond noise against the baseline (then ``leaking`` is True too)."""
 
     @property
     def kind(self) -> str:
-        """``leak``, ``plateau`` (grew, then stopped), ``flat`` or ``few-samples``."""
+        """``leak``, ``regression``, ``undecided``, ``plateau``, ``flat`` or ``few-samples``."""
+        if self.regression:
+            return "regression"
         if self.leaking:
             return "leak"
+        if self.undecided:
+            return "undecided"
         if self.samples < MIN_SAMPLES:
             return "few-samples"
         if self.slope_low > self.threshold:
@@ -172,7 +196,7 @@ class Verdict:
     scenario: str = "cycle"
     confidence: float = 0.99
     tracked: bool = False
-    """True when the measured cycles ran under memray."""
+    """True when ``tracked_cycles`` ran under memray after the measured (untracked) cycles."""
     seconds: float = 0.0
     warmup_cycles_per_second: float = 0.0
     measured_cycles_per_second: float = 0.0
@@ -187,6 +211,13 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     report_dir: str | None = None
     capture: str | None = None
+    tracked_cycles: int = 0
+    """Cycles run under memray after the decision, for the leak sites (not in ``cycles``)."""
+    requested_cycles: int = 0
+    """The cycles asked for; ``cycles`` is more when the run was extended while settling."""
+    max_cycles: int = 0
+    baseline: str | None = None
+    """The verdict JSON this run was compared with."""
 
     # -- derived ---------------------------------------------------------------------------
 
@@ -199,6 +230,73 @@ class Verdict:
         return [name for name, ch in self.channels.items() if ch.leaking]
 
     @property
+    def undecided(self) -> bool:
+        """No channel leaks, but one is still settling after ``cycles`` (exit status 3)."""
+        return not self.leaking_channels and any(c.undecided for c in self.channels.values())
+
+    @property
+    def status(self) -> str:
+        """``bounded``, ``leak`` or ``undecided``."""
+        if self.leaking_channels:
+            return "leak"
+        return "undecided" if self.undecided else "bounded"
+
+    @property
+    def exit_code(self) -> int:
+        """``python -m harness soak``'s exit status: 0 bounded, 1 leak, 3 undecided."""
+        return {"bounded": 0, "leak": 1, "undecided": 3}[self.status]
+
+    # -- assembled by the engine -----------------------------------------------------------
+
+    def settle(self) -> None:
+        """``bounded`` from the channels (after a comparison with a baseline, say)."""
+        self.bounded = self.status == "bounded"
+
+    def attach_timeline(
+        self, warm: Mapping[str, tuple[Any, Any]], measured: Mapping[str, tuple[Any, Any]]
+    ) -> None:
+        """Every sample of every phase, for the plot (warm-up, measured, tracked)."""
+        for name in self.channels:
+            wx, wy = warm.get(name, ([], []))
+            mx, my = measured.get(name, ([], []))
+            self.timeline[name] = Timeline(
+                [float(v) for v in (*wx, *mx)], [float(v) for v in (*wy, *my)]
+            )
+
+    def set_rates(self, seconds: Mapping[str, float]) -> None:
+        """Cycles per second of the warm-up, and of every cycle after it (tracked or not)."""
+        after = seconds.get("measured", 0.0) + seconds.get("tracked", 0.0)
+        warm = seconds.get("warm-up", 0.0)
+        self.warmup_cycles_per_second = self.warmup / warm if warm else 0.0
+        self.measured_cycles_per_second = (
+            (self.measured + self.tracked_cycles) / after if after else 0.0
+        )
+
+    def note_type_growth(self, start: Mapping[str, int], end: Mapping[str, int]) -> None:
+        self.gc_growth = type_growth(start, end)
+
+    def compare_with(self, baseline: Verdict, source: str) -> None:
+        """Mark channels whose slope rose beyond noise against ``baseline`` as regressions."""
+        from harness.probes import threshold_floor
+
+        self.baseline = source
+        for name, ch in self.channels.items():
+            old = baseline.channels.get(name)
+            if old is not None:
+                compare_channel(ch, old, threshold_floor(name))
+        self.settle()
+
+    @classmethod
+    def load_baseline(cls, path: str | os.PathLike[str]) -> Verdict:
+        """A baseline verdict; :class:`~harness.errors.UsageError` when it cannot be read."""
+        from harness.errors import UsageError
+
+        try:
+            return cls.load(path)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"baseline {os.fspath(path)}: {exc}") from None
+
+    @property
     def as_expected(self) -> bool:
         """Clean scenarios: bounded. Known leaks: every expected channel detected."""
         if not self.expect_leak:
@@ -208,15 +306,27 @@ class Verdict:
     def summary(self, sites: int = 5) -> str:
         """A short human summary: the verdict, the channels, the top leak sites, the report."""
         leaking = self.leaking_channels
-        head = "BOUNDED" if self.bounded else f"LEAK in {', '.join(leaking)}"
+        settling = [n for n, c in self.channels.items() if c.undecided]
+        if self.status == "undecided":
+            head = (
+                f"UNDECIDED: still settling after {self.cycles} cycles; run longer "
+                f"({', '.join(settling)})"
+            )
+        elif leaking:
+            regressions = [n for n in leaking if self.channels[n].regression]
+            head = f"LEAK in {', '.join(leaking)}"
+            if regressions:
+                head += f" (regression against the baseline: {', '.join(regressions)})"
+        else:
+            head = "BOUNDED"
         if self.expect_leak and not self.bounded and self.as_expected:
             head += " (expected: " + ", ".join(self.expect_leak) + ")"
         elif self.expect_leak and not self.as_expected:
             head += " (expected a leak in " + ", ".join(self.expect_leak) + ": NOT detected)"
-        mode = "under memray" if self.tracked else "untracked"
+        tracked = f", then {self.tracked_cycles} under memray" if self.tracked else ""
         lines = [
             f"{self.scenario}: {head} after {self.cycles} cycles "
-            f"({self.warmup} warm-up, {self.measured} measured {mode}, "
+            f"({self.warmup} warm-up, {self.measured} measured untracked{tracked}; "
             f"{self.measured_cycles_per_second:,.0f} cycles/s)"
         ]
         width = max((len(n) for n in self.channels), default=8)
@@ -226,13 +336,13 @@ class Verdict:
             lo = format_quantity(ch.slope_low, ch.unit, signed=True, bare=True)
             hi = format_quantity(ch.slope_high, ch.unit, signed=True, bare=True)
             growth = format_quantity(ch.growth, ch.unit, signed=True)
-            mark = "LEAK" if ch.leaking else ch.kind
+            mark = ch.kind.upper() if ch.leaking or ch.undecided else ch.kind
             lines.append(
                 f"  {name:<{width}}  {slope:>14}/cycle  {pct} CI [{lo}, {hi}]  "
                 f"growth {growth:>12}  {mark}"
             )
         if not self.bounded:
-            for name in leaking:
+            for name in leaking or settling:
                 lines.append(f"  {name}: {self.channels[name].reason}")
             if self.leak_sites:
                 lines.append("  still live after the measured cycles (memray):")
@@ -257,9 +367,14 @@ class Verdict:
         """JSON-ready: the CONTRACT fields (bounded, cycles, warmup, channels, leak_sites)..."""
         return {
             "bounded": self.bounded,
+            "status": self.status,
             "cycles": self.cycles,
             "warmup": self.warmup,
             "measured": self.measured,
+            "tracked_cycles": self.tracked_cycles,
+            "requested_cycles": self.requested_cycles,
+            "max_cycles": self.max_cycles,
+            "baseline": self.baseline,
             "scenario": self.scenario,
             "leaking_channels": self.leaking_channels,
             "expect_leak": list(self.expect_leak),
@@ -323,6 +438,10 @@ class Verdict:
                 notes=[str(n) for n in d.get("notes", [])],
                 report_dir=d.get("report_dir"),
                 capture=d.get("capture"),
+                tracked_cycles=int(d.get("tracked_cycles", 0)),
+                requested_cycles=int(d.get("requested_cycles", 0)),
+                max_cycles=int(d.get("max_cycles", 0)),
+                baseline=d.get("baseline"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a soak verdict: {type(exc).__name__}: {exc}") from exc
@@ -346,6 +465,8 @@ def _num(v: Any) -> Any:
 # -- the trend test --------------------------------------------------------------------------------
 
 MIN_SAMPLES = 12
+NOISE_MULTIPLE = 3.0
+"""An automatic threshold is at least this many times the channel's scatter over the span."""
 
 
 def analyze_channel(
@@ -354,11 +475,17 @@ def analyze_channel(
     cycles: Sequence[float] | npt.NDArray[np.float64],
     values: Sequence[float] | npt.NDArray[np.float64],
     *,
-    threshold: float,
+    threshold: float | None,
     min_growth: float = 0.0,
     confidence: float = 0.99,
+    floor: float = 0.0,
 ) -> ChannelResult:
-    """Decide whether one channel leaks; see the module docstring for the rule."""
+    """Decide whether one channel leaks; see the module docstring for the rule.
+
+    ``threshold=None`` derives it from this run's noise: the larger of ``floor`` and
+    :data:`NOISE_MULTIPLE` times the channel's scatter around its trend (1.4826 x the median
+    absolute residual) divided by the cycles spanned.
+    """
     x = np.asarray(cycles, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
     if x.shape != y.shape:
@@ -368,30 +495,39 @@ def analyze_channel(
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = _thin(x[ok], y[ok], MAX_POINTS)
     n = int(x.shape[0])
+    auto = threshold is None
     if n < MIN_SAMPLES or float(np.ptp(x)) == 0.0:
         start = float(y[0]) if n else 0.0
         end = float(y[-1]) if n else 0.0
         return ChannelResult(
-            name, unit, 0.0, 0.0, 0.0, end - start, 0.0, 0.0, 1.0, 1.0, threshold,
-            min_growth, confidence, False,
+            name, unit, 0.0, 0.0, 0.0, end - start, 0.0, 0.0, 1.0, 1.0,
+            floor if threshold is None else threshold, min_growth, confidence, False,
             f"only {n} samples: too few to tell (run more cycles)", n, start, end,
+            threshold_auto=auto,
         )  # fmt: skip
 
     slope, lo, hi = _theil_sen(x, y, confidence)
+    noise = _scatter(x, y, slope)
+    if threshold is None:
+        threshold = max(floor, NOISE_MULTIPLE * noise / float(np.ptp(x)))
     p = _mann_kendall(x, y)
     mid = x[0] + (x[-1] - x[0]) / 2
     late = x >= mid
     xl, yl = x[late], y[late]
-    late_slope, _, _ = _theil_sen(xl, yl, confidence) if xl.shape[0] >= 4 else (0.0, 0.0, 0.0)
+    xe, ye = x[~late], y[~late]
+    late_slope, _, late_hi = _theil_sen(xl, yl, confidence) if xl.shape[0] >= 4 else (0.0, 0.0, 0.0)
+    early_slope, early_lo, _ = (
+        _theil_sen(xe, ye, confidence) if xe.shape[0] >= 4 else (0.0, 0.0, 0.0)
+    )
     late_p = _mann_kendall(xl, yl) if xl.shape[0] >= 4 else 1.0
     growth = _level_change(y)
     late_growth = _level_change(yl)
     alpha = 1.0 - confidence
 
     per = f"{unit}/cycle" if unit else "/cycle"
-    thr = f"{_g(threshold)} {per}"
+    thr = f"{_g(threshold)} {per}" + (" (from noise)" if auto else "")
+    leaking = undecided = False
     if lo <= threshold:
-        leaking = False
         if slope > threshold:
             reason = (
                 f"slope {_g(slope)} {per} but its {confidence:.0%} lower bound {_g(lo)} "
@@ -400,11 +536,17 @@ def analyze_channel(
         else:
             reason = f"slope {_g(slope)} {per} is not above {thr}"
     elif late_slope <= threshold or late_p >= alpha or late_growth <= min_growth:
-        leaking = False
         reason = (
             f"grew early (slope {_g(slope)} {per}) but stopped: the second half grows "
             f"{_g(late_slope)} {per} (p={late_p:.2g}), {_g(late_growth)} {unit} in all; "
             "a cache or pool that fills, not a leak"
+        )
+    elif early_lo > late_hi and late_slope < 0.5 * early_slope:
+        undecided = True
+        reason = (
+            f"still settling: grows {_g(early_slope)} {per} in the first half of the measured "
+            f"cycles and {_g(late_slope)} {per} in the second ({confidence:.0%} CIs apart); "
+            "decelerating growth is a cache filling or a leak under it: run longer"
         )
     else:
         leaking = True
@@ -432,7 +574,76 @@ def analyze_channel(
         samples=n,
         start=float(y[0]),
         end=float(y[-1]),
+        undecided=undecided,
+        early_slope_per_cycle=early_slope,
+        late_slope_high=late_hi,
+        noise=noise,
+        threshold_auto=auto,
     )
+
+
+def compare_channel(new: ChannelResult, old: ChannelResult, floor: float) -> ChannelResult:
+    """``new`` marked a regression when its slope rose beyond the noise of both runs.
+
+    Beyond noise: the new slope's lower confidence bound is above the old one's upper bound
+    (within-run noise), and both the rise and the new slope are above ``floor`` (run-to-run
+    drift of clean runs, the channel's automatic threshold floor; for counts, which have
+    none, any rise): a channel that shrinks less than before has not regressed.
+    """
+    new.baseline_slope = old.slope_per_cycle
+    rise = new.slope_per_cycle - old.slope_per_cycle
+    grows = new.slope_per_cycle > floor and rise > floor
+    if new.leaking or new.slope_low <= old.slope_high or not grows:
+        return new
+    per = f"{new.unit}/cycle" if new.unit else "/cycle"
+    new.leaking = new.regression = True
+    new.undecided = False
+    new.reason = (
+        f"REGRESSION: slope {_g(new.slope_per_cycle)} {per} (CI {_g(new.slope_low)}.."
+        f"{_g(new.slope_high)}) against {_g(old.slope_per_cycle)} {per} (CI "
+        f"{_g(old.slope_low)}..{_g(old.slope_high)}) in the baseline: +{_g(rise)} {per}, "
+        f"beyond the noise of both runs (and above {_g(floor)} {per})"
+    )
+    return new
+
+
+def decide(
+    probes: Sequence[Any],
+    series: Mapping[str, tuple[Any, Any]],
+    cfg: Any,
+    cycles: int,
+) -> Verdict:
+    """The verdict on ``series`` (the measured samples) of ``probes``, with ``cfg``'s options.
+
+    ``cfg`` is a :class:`harness.config.Config`; ``cycles`` how many ran (warm-up included).
+    """
+    channels = {}
+    for p in probes:
+        xs, ys = series.get(p.name, ([], []))
+        channels[p.name] = analyze_channel(
+            p.name, p.unit, xs, ys, threshold=p.threshold, min_growth=p.min_growth,
+            confidence=cfg.confidence, floor=p.floor,
+        )  # fmt: skip
+    v = Verdict(
+        bounded=False,
+        cycles=cycles,
+        warmup=cfg.warmup,
+        channels=channels,
+        leak_sites=[],
+        scenario=cfg.name,
+        confidence=cfg.confidence,
+        expect_leak=list(cfg.expect_leak),
+        requested_cycles=cfg.cycles,
+        max_cycles=cfg.max_cycles,
+    )
+    v.settle()
+    return v
+
+
+def _scatter(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], slope: float) -> float:
+    """Robust scatter of ``y`` around its trend line: 1.4826 x median absolute residual."""
+    r = y - slope * x
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
 
 
 def _thin(
@@ -498,8 +709,14 @@ def format_quantity(value: float, unit: str, *, signed: bool = False, bare: bool
 _HARNESS_DIR = os.path.dirname(os.path.abspath(__file__))
 _MACHINERY = {
     os.path.join(_HARNESS_DIR, f"{m}.py")
-    for m in ("__init__", "__main__", "analysis", "cli", "plugin", "probes", "report", "runner")
-}
+    for m in (
+        "__init__", "__main__", "analysis", "child", "cli", "config", "engine", "errors",
+        "expect", "model", "plugin", "probes", "report",
+    )
+}  # fmt: skip
+"""The harness's own modules (not the scenarios, mutants, rigs: they are workloads)."""
+_THREADS = os.path.join(_HARNESS_DIR, "threads.py")
+"""Plumbing: the wrapper of Thread.start that notes where threads start."""
 _STDLIB_DIRS = tuple(
     os.path.normpath(p) + os.sep
     for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
@@ -529,10 +746,10 @@ def _library_dirs() -> tuple[str, ...]:
     return tuple(dirs)
 
 
-def _is_machinery(filename: str) -> bool:
+def is_machinery(filename: str) -> bool:
     """Frames the harness itself, memray, or the event loop's plumbing put on the stack."""
     f = os.path.normpath(filename)
-    if f in _MACHINERY or "/memray/" in f:
+    if f in _MACHINERY or f == _THREADS or "/memray/" in f:
         return True
     if f.startswith(_STDLIB_DIRS):
         rest = f.split(os.sep)[-2:]
@@ -567,14 +784,18 @@ def display_path(filename: str) -> str:
 
 
 def leak_sites_from_capture(
-    path: str | os.PathLike[str], top: int = TOP_SITES
+    path: str | os.PathLike[str],
+    top: int = TOP_SITES,
+    starts: Mapping[str, Frames] | None = None,
 ) -> tuple[list[LeakSite], int, int]:
     """The largest sites still live at the end of a memray capture, grouped by location.
 
     The location of a site is its first frame in user code: not the harness's own machinery,
     memray, asyncio or threading plumbing, the standard library, installed packages, or
     ``waclient`` (the library under test). When there is no such frame (memory the Go core
-    took on a neonize thread), the innermost remaining frame. Returns (sites, bytes, count).
+    took on a neonize thread), the innermost remaining frame; memory a thread allocated with
+    no Python stack goes to the line that started it when ``starts``
+    (:func:`harness.threads.thread_starts`) knows it. Returns (sites, bytes, count).
     """
     import memray
 
@@ -585,14 +806,18 @@ def leak_sites_from_capture(
     reader = memray.FileReader(os.fspath(path))
     hybrid = bool(reader.metadata.has_native_traces)
     try:
-        for rec in reader.get_leaked_allocation_records(merge_threads=True):
+        for rec in reader.get_leaked_allocation_records(merge_threads=False):
             size, count = int(rec.size), int(rec.n_allocations)
-            frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
+            frames: Frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
             if not frames and hybrid:
                 frames = _python_frames_of_hybrid(rec)
-            kept = [fr for fr in frames if not _is_machinery(fr[1])]
+            if not frames and starts:
+                frames = list(starts.get(str(rec.thread_name), []))
+            if _allocated_by_the_harness(frames, libraries):
+                continue  # the harness's own bookkeeping (progress JSON, sampling)
+            kept = [fr for fr in frames if not is_machinery(fr[1])]
             if frames and not kept:
-                continue  # the harness's own bookkeeping
+                continue  # the event loop's or a thread's plumbing only
             total_size += size
             total_count += count
             if not kept:
@@ -610,8 +835,30 @@ def leak_sites_from_capture(
                 site.stack = [f"{display_path(f)}:{ln} in {fn}" for fn, f, ln in kept[:12]]
     finally:
         reader.close()
-    sites = sorted(grouped.values(), key=lambda s: (-s.size, s.location))
+    # Memory with no Python frame (a thread's own stack and state, allocated before it runs
+    # Python; Go's) ranks after every located site: the Python line that caused it, such as
+    # the Thread.start() call, says more.
+    sites = sorted(
+        grouped.values(), key=lambda s: (s.location == NO_PYTHON_FRAME, -s.size, s.location)
+    )
     return sites[:top], total_size, total_count
+
+
+def _allocated_by_the_harness(
+    frames: Sequence[tuple[str, str, int]], libraries: tuple[str, ...]
+) -> bool:
+    """True when the innermost frame that is not library code is the harness's own.
+
+    The cycle runs under the harness's loop, so harness frames are at the bottom of every
+    stack; memory is the harness's when no user frame comes before one, innermost first
+    (``json.dumps`` of a progress message: the stdlib frame, then the harness's).
+    """
+    for _function, filename, _line in frames:
+        if os.path.normpath(filename) in _MACHINERY:
+            return True
+        if not _is_library(filename, libraries):
+            return False
+    return False
 
 
 def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
@@ -631,20 +878,22 @@ def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
 def gc_type_counts() -> dict[str, int]:
     """Live gc-tracked objects per type (``module.qualname``), frozen ones included."""
     import gc
+    from collections import Counter
+
+    from harness.probes import freeze
 
     frozen = gc.get_freeze_count()
     if frozen:
         gc.unfreeze()
     try:
         counts: dict[str, int] = {}
-        for obj in gc.get_objects():
-            t = type(obj)
+        for t, n in Counter(map(type, gc.get_objects())).items():
             key = f"{t.__module__}.{t.__qualname__}"
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + n
         return counts
     finally:
         if frozen:
-            gc.freeze()
+            freeze()
 
 
 def type_growth(

@@ -1,21 +1,25 @@
-"""``python -m harness``: soak, scenarios, report, suite.
+"""``python -m harness``: soak, scenarios, report, compare, suite.
 
     python -m harness soak --scenario NAME|MODULE:FUNC [--cycles N] [--warmup N]
+                           [--max-cycles N] [--tracked-cycles N] [--baseline verdict.json]
                            [--json PATH] [--report DIR] [--timeout S] [--threshold CH=V]...
     python -m harness scenarios
     python -m harness report DIR|verdict.json [--out DIR]
-    python -m harness suite [--long] [--report DIR] [--only NAME]...
+    python -m harness compare OLD NEW
+    python -m harness suite [--long] [--report DIR] [--only NAME]... [--baseline DIR]
 
 ``soak`` runs the scenario in a fresh subprocess (``MODULE`` is imported there with this
 environment, PYTHONPATH and current directory), shows a progress bar, prints a short summary,
-and exits 0 when memory stays bounded, 1 when a channel leaks, 2 when it could not decide (bad
-usage, a cycle raised, timed out); then the reason is one line on stderr, and the child's full
-output (traceback included) is in ``scenario.log``.
+and exits 0 when memory stays bounded, 1 when a channel leaks (or regressed against the
+baseline), 3 when still undecided at ``--max-cycles`` (growth still settling), 2 when it could
+not decide (bad usage, a cycle raised, timed out); then the reason is one line on stderr, and
+the child's full output (traceback included) is in ``scenario.log``.
 
 ``suite`` runs every built-in scenario that way (what ``nox -s soak`` does): each report goes
 to ``DIR/<scenario>/``. Clean scenarios must be bounded; known leaks (the raw neonize storm,
-an upstream leak; the mutants) must be detected on their channels. Exit 0 when every
-scenario is as expected.
+an upstream leak; the mutants) must be detected on their channels; a scenario that cannot run
+here (SKIPPED) or stays undecided fails unless ``--allow-skipped``/``--allow-undecided``.
+Exit 0 when every scenario is as expected.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from harness.config import Settings
 
 __all__ = ["main"]
 
@@ -61,7 +67,7 @@ def _thresholds(items: Sequence[str]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["_child"]:
-        from harness.runner import child_main
+        from harness.child import child_main
 
         return child_main(args[1:])
     parser = _Parser(prog="python -m harness", description="waclient's soak harness")
@@ -69,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("soak", help="soak one scenario in a fresh subprocess")
     p.add_argument("--scenario", required=True, help="a built-in name or MODULE:FUNC")
-    p.add_argument("--cycles", type=int, help="all cycles, warm-up included")
-    p.add_argument("--warmup", type=int, help="cycles before measuring (default 10%%)")
+    _run_options(p)
     p.add_argument("--json", help="write the verdict JSON here")
     p.add_argument("--report", help="write the report (HTML, PNG, flame graph) here")
     p.add_argument("--timeout", type=float, help="stop the run after this many seconds")
@@ -78,10 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threshold", action="append", default=[], metavar="CHANNEL=V",
         help="a channel's leak threshold in units per cycle (repeatable)",
     )  # fmt: skip
-    p.add_argument("--no-memray", action="store_true", help="measure without memray")
+    p.add_argument("--baseline", help="a verdict JSON to compare with (regressions fail)")
     p.add_argument("--native-traces", action="store_true", default=None,
                    help="memray: native stacks too (slower; for C/Go leaks)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("scenarios", help="list the built-in scenarios")
 
@@ -89,36 +93,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("source", help="a report directory or a verdict JSON file")
     r.add_argument("--out", help="write the report here (default: next to the JSON)")
 
+    c = sub.add_parser("compare", help="per channel slopes of two verdicts; regressions")
+    c.add_argument("old", help="the baseline: a verdict JSON or a report directory")
+    c.add_argument("new", help="the run to judge: a verdict JSON or a report directory")
+
     s = sub.add_parser("suite", help="every built-in scenario, with expectations")
     s.add_argument("--long", action="store_true", help="thousands of cycles (soak-long)")
     s.add_argument("--report", default="soak-report", help="reports go to DIR/<scenario>/")
     s.add_argument("--only", action="append", default=[], metavar="NAME")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--baseline", metavar="DIR",
+                   help="compare with DIR/<scenario>/verdict.json of an earlier suite")  # fmt: skip
+    s.add_argument("--allow-skipped", action="store_true",
+                   help="a scenario that cannot run here does not fail the suite")  # fmt: skip
+    _run_options(s, cycles=False)
 
     a = parser.parse_args(args)
     try:
-        if a.command == "soak":
-            return _soak(a)
-        if a.command == "scenarios":
-            return _scenarios()
-        if a.command == "report":
-            return _report(a)
-        return _suite(a)
+        command: Callable[[argparse.Namespace], int] = {
+            "soak": _soak, "scenarios": _scenarios, "report": _report, "compare": _compare,
+            "suite": _suite,
+        }[a.command]  # fmt: skip
+        return command(a)
     except KeyboardInterrupt:
         return _fail("interrupted")
 
 
-def _soak(a: argparse.Namespace) -> int:
-    from harness.report import ProgressBar
-    from harness.runner import run_in_subprocess
+def _run_options(p: argparse.ArgumentParser, *, cycles: bool = True) -> None:
+    if cycles:
+        p.add_argument("--cycles", type=int, help="warm-up + measured cycles (default 2,000)")
+        p.add_argument("--warmup", type=int, help="cycles before measuring (default 10%%)")
+        p.add_argument(
+            "--max-cycles",
+            type=int,
+            help="extend a run still settling up to N cycles (default 4 x cycles)",
+        )
+        p.add_argument(
+            "--tracked-cycles",
+            type=int,
+            help="cycles under memray after the decision, for the leak sites",
+        )
+    p.add_argument("--no-memray", action="store_true", help="no tracked cycles, no leak sites")
+    p.add_argument("--allow-undecided", action="store_true",
+                   help="an undecided verdict (still settling) passes: exit 0, not 3")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    if a.cycles is not None and a.cycles < 1:
-        return _fail("--cycles must be >= 1")
-    if a.warmup is not None and a.warmup < 0:
-        return _fail("--warmup must be >= 0")
-    if a.timeout is not None and a.timeout <= 0:
-        return _fail("--timeout must be > 0")
-    thresholds = _thresholds(a.threshold)
+
+def _layer(a: argparse.Namespace) -> Settings:
+    """The command line's settings layer (the highest)."""
+    for flag in ("cycles", "max_cycles"):
+        if getattr(a, flag, None) is not None and getattr(a, flag) < 1:
+            raise _Usage(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("warmup", "tracked_cycles"):
+        if getattr(a, flag, None) is not None and getattr(a, flag) < 0:
+            raise _Usage(f"--{flag.replace('_', '-')} must be >= 0")
+    if getattr(a, "timeout", None) is not None and a.timeout <= 0:
+        raise _Usage("--timeout must be > 0")
+    return Settings.of(
+        cycles=getattr(a, "cycles", None),
+        warmup=getattr(a, "warmup", None),
+        max_cycles=getattr(a, "max_cycles", None),
+        tracked_cycles=getattr(a, "tracked_cycles", None),
+        thresholds=_thresholds(getattr(a, "threshold", [])) or None,
+        memray=False if a.no_memray else None,
+        native_traces=getattr(a, "native_traces", None),
+        timeout=getattr(a, "timeout", None),
+        allow_undecided=a.allow_undecided or None,
+    )
+
+
+class _Usage(Exception):
+    """Bad command line: exit 2 with this one line."""
+
+
+def _soak(a: argparse.Namespace) -> int:
+    from harness.child import run_in_subprocess
+    from harness.expect import judge
+    from harness.report import ProgressBar
+
+    try:
+        layer = _layer(a)
+    except _Usage as exc:
+        return _fail(str(exc))
+    if a.baseline is not None and not Path(a.baseline).is_file():
+        return _fail(f"--baseline {a.baseline}: no such verdict JSON")
     if ":" not in a.scenario:
         from harness.scenarios import builtin_scenarios
 
@@ -130,16 +187,9 @@ def _soak(a: argparse.Namespace) -> int:
     bar = None if a.quiet else ProgressBar(a.scenario)
     try:
         result = run_in_subprocess(
-            a.scenario,
-            cycles=a.cycles,
-            warmup=a.warmup,
-            report_dir=a.report,
-            timeout=a.timeout,
-            thresholds=thresholds or None,
-            memray=not a.no_memray,
-            native_traces=a.native_traces,
-            on_progress=bar,
-        )
+            a.scenario, settings=layer, report_dir=a.report, on_progress=bar,
+            baseline=None if a.baseline is None else str(Path(a.baseline).resolve()),
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.close()
@@ -151,10 +201,12 @@ def _soak(a: argparse.Namespace) -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(result.verdict.to_json(), encoding="utf-8")
     print(result.verdict.summary())
-    return result.code
+    # Bounded is expected here (a known leak still exits 1: "a leak was found").
+    judgement = judge(result.verdict, False, allow_undecided=a.allow_undecided)
+    return 0 if judgement.ok else result.code
 
 
-def _scenarios() -> int:
+def _scenarios(a: argparse.Namespace) -> int:
     from harness.scenarios import builtin_scenarios
 
     rows = []
@@ -194,78 +246,119 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(a: argparse.Namespace) -> int:
+    from harness.analysis import Verdict, format_quantity
+
+    loaded = []
+    for source in (a.old, a.new):
+        path = _verdict_path(source)
+        try:
+            loaded.append(Verdict.load(path))
+        except (ValueError, OSError) as exc:
+            return _fail(f"{path}: {exc}")
+    old, new = loaded
+    new.compare_with(old, str(_verdict_path(a.old)))
+    rows = [("channel", "old /cycle", "new /cycle", "change", "result")]
+    for name, ch in new.channels.items():
+        before = old.channels.get(name)
+        if before is None:
+            continue
+
+        def slope(c: Any) -> str:
+            return format_quantity(c.slope_per_cycle, c.unit, signed=True)
+
+        change = format_quantity(ch.slope_per_cycle - before.slope_per_cycle, ch.unit, signed=True)
+        result = "REGRESSION" if ch.regression else "LEAK" if ch.leaking else ch.kind
+        rows.append((name, slope(before), slope(ch), change, result))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip())
+    regressions = [n for n, c in new.channels.items() if c.regression]
+    print(
+        f"\n{old.scenario} -> {new.scenario}: "
+        + (f"REGRESSION in {', '.join(regressions)}" if regressions else "no regression")
+    )
+    return 1 if regressions else 0
+
+
+def _verdict_path(source: str) -> Path:
+    src = Path(source)
+    return src / "verdict.json" if src.is_dir() else src
+
+
 def _suite(a: argparse.Namespace) -> int:
+    from harness.child import run_in_subprocess
+    from harness.expect import Judgement, judge, skipped
     from harness.report import ProgressBar
-    from harness.runner import run_in_subprocess
     from harness.scenarios import builtin_scenarios
 
     scenarios = builtin_scenarios()
     unknown = [n for n in a.only if n not in scenarios]
     if unknown:
         return _fail(f"unknown scenario(s) {', '.join(unknown)}; see `python -m harness scenarios`")
+    try:
+        layer = _layer(a)
+    except _Usage as exc:
+        return _fail(str(exc))
     chosen = [scenarios[n] for n in (a.only or scenarios)]
     root = Path(a.report)
-    rows: list[tuple[str, str, str, str, str]] = []
-    failed = 0
+    rows: list[tuple[str, str, str, Judgement, str]] = []
     started = time.monotonic()
     for sc in chosen:
+        expected = ", ".join(sorted(sc.expect_leak)) or "bounded"
         missing = sc.missing()
         if missing:
-            rows.append((sc.name, "-", "-", f"SKIPPED (needs {', '.join(missing)})", ""))
+            rows.append((sc.name, expected, "-", skipped(
+                f"needs {', '.join(missing)}", allowed=a.allow_skipped), ""))  # fmt: skip
             continue
         cycles = (sc.long_cycles or 5 * sc.cycles) if a.long else (sc.suite_cycles or sc.cycles)
-        warmup = None if sc.warmup is None else max(sc.warmup, cycles // 10) if a.long else None
+        warmup = sc.settings.warmup
+        if warmup is not None and a.long:
+            warmup = max(warmup, cycles // 10)
+        elif not a.long:
+            warmup = None if sc.suite_cycles is None else warmup
         timeout = (sc.timeout or 600.0) * (8 if a.long else 1)
+        baseline = Path(a.baseline).resolve() / sc.name / "verdict.json" if a.baseline else None
         bar = None if a.quiet else ProgressBar(sc.name)
         t0 = time.monotonic()
         try:
             result = run_in_subprocess(
-                sc.name,
-                cycles=cycles,
-                warmup=warmup,
-                report_dir=root / sc.name,
-                timeout=timeout,
-                on_progress=bar,
-            )
+                sc.name, settings=layer, cycles=cycles, warmup=warmup,
+                report_dir=root / sc.name, timeout=timeout, on_progress=bar,
+                baseline=str(baseline) if baseline is not None and baseline.exists() else None,
+            )  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
         took = f"{time.monotonic() - t0:.0f}s"
-        expected = ", ".join(sorted(sc.expect_leak)) or "bounded"
         v = result.verdict
         if result.code == 2 or v is None:
-            failed += 1
-            rows.append((sc.name, expected, "-", f"ERROR: {result.reason}", took))
+            rows.append((sc.name, expected, "-", Judgement(False, f"ERROR: {result.reason}",
+                                                           result.reason), took))  # fmt: skip
             continue
-        found = ", ".join(v.leaking_channels) or "bounded"
-        if not sc.expect_leak:
-            status = "ok" if v.bounded else "UNEXPECTED LEAK"
-        elif not v.as_expected:
-            status = "MISSED LEAK"
-        else:
-            status = "known upstream leak, detected" if not sc.bug else "mutant caught"
-            if sc.bug and not any(site.mentions(*sc.bug) for site in v.leak_sites):
-                status = "mutant caught, but its line is not among the leak sites"
-        if status not in ("ok", "known upstream leak, detected", "mutant caught"):
-            failed += 1
-        rows.append((sc.name, expected, found, status, took))
+        found = ", ".join(v.leaking_channels) or v.status
+        verdict = judge(v, bug=sc.bug, allow_undecided=a.allow_undecided)
+        rows.append((sc.name, expected, found, verdict, took))
         print(v.summary(sites=3), file=sys.stderr)
         print(file=sys.stderr)
-    widths = [
-        max(len(r[i]) for r in [*rows, ("scenario", "expected", "found", "", "")]) for i in range(3)
-    ]
-    print(f"{'scenario':<{widths[0]}}  {'expected':<{widths[1]}}  {'found':<{widths[2]}}  result")
-    for name, expected, found, status, took in rows:
+    return _suite_table(rows, root, time.monotonic() - started)
+
+
+def _suite_table(rows: list[tuple[str, str, str, Any, str]], root: Path, seconds: float) -> int:
+    head = ("scenario", "expected", "found")
+    widths = [max(len(r[i]) for r in [*rows, (*head, None, "")]) for i in range(3)]
+    print(f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:<{widths[2]}}  result")
+    for name, expected, found, j, took in rows:
         print(
-            f"{name:<{widths[0]}}  {expected:<{widths[1]}}  {found:<{widths[2]}}  {status} {took}"
+            f"{name:<{widths[0]}}  {expected:<{widths[1]}}  {found:<{widths[2]}}  "
+            f"{j.status} {took}".rstrip()
         )
-    total = time.monotonic() - started
-    print(
-        f"\n{len(rows)} scenarios in {total:.0f}s; reports: {root.resolve()}/<scenario>/report.html"
-    )
-    summary = {n: {"expected": e, "found": f, "result": s} for n, e, f, s, _ in rows}
+    print(f"\n{len(rows)} scenarios in {seconds:.0f}s; reports: {root.resolve()}/<scenario>/")
+    summary = {n: {"expected": e, "found": f, "result": j.status, "ok": j.ok}
+               for n, e, f, j, _ in rows}  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     (root / "suite.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    failed = sum(1 for r in rows if not r[3].ok)
     if failed:
         print(f"{failed} scenario(s) not as expected", file=sys.stderr)
         return 1

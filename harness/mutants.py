@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from harness.runner import Scenario, Workload, scenario
-from harness.scenarios import client_rig, media_churn_rig, reconnect_cycle
+from harness.model import Scenario, Workload, scenario
+from harness.rigs import client_rig, media_churn_rig, reconnect_cycle
 
 __all__ = ["MUTANTS", "bug_line"]
 

@@ -15,10 +15,12 @@
 
 In async tests use ``await soak.run_async(...)``: it runs on the test's event loop.
 
-Settings, most specific first: ``--soak-cycles N`` on the command line (it overrides every
-test's cycle count: the operator decides how long a run soaks), then the call's arguments,
-then the marker's, then the ini setting ``soak_cycles``, then the scenario's own default
-(2,000 for a plain cycle). ``--soak-report DIR`` (ini: ``soak_report``) writes each test's report
+Settings, most specific first (merged in one place, :func:`harness.config.configure`):
+``--soak-cycles N`` on the command line (it overrides every test's cycle count: the operator
+decides how long a run soaks), then the call's arguments, then the marker's, then the ini
+setting ``soak_cycles``, then the scenario's own default (2,000 for a plain cycle). An
+undecided verdict fails the test unless the call or the marker says ``allow_undecided=True``.
+``--soak-report DIR`` (ini: ``soak_report``) writes each test's report
 to ``DIR/<test id>/``.
 """
 
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from harness.config import Settings
 
 if TYPE_CHECKING:
     from harness.analysis import Verdict
@@ -71,10 +75,11 @@ ExpectLeak = bool | str | Collection[str]
 class SoakFixture:
     """Callable: ``soak(cycle, cycles=..., warmup=..., thresholds=..., expect_leak=False, ...)``.
 
-    Any other keyword goes to :func:`harness.soak`. Returns the :class:`~harness.Verdict`;
-    fails the test (with the verdict's summary) when a channel leaks, or, with
-    ``expect_leak``, when the expected leak is not found: ``True`` for any channel, a name or
-    names for those channels.
+    Any other keyword is a setting of :func:`harness.soak`. Returns the
+    :class:`~harness.Verdict`; fails the test (with the verdict's summary) unless it is as
+    expected (:func:`harness.expect.judge`): bounded, or with ``expect_leak`` the expected leak
+    found (``True`` for any channel, a name or names for those channels). An undecided verdict
+    (still settling at ``max_cycles``) fails unless ``allow_undecided=True``.
     """
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
@@ -92,10 +97,11 @@ class SoakFixture:
         expect_leak: ExpectLeak = False,
         **options: Any,
     ) -> Verdict:
-        from harness.runner import soak
+        from harness.engine import soak
 
-        kwargs, expect = self._settings(cycle, cycles, warmup, thresholds, expect_leak, options)
-        return self._judge(soak(cycle, **kwargs), expect)
+        call = {"cycles": cycles, "warmup": warmup, "thresholds": thresholds, **options}
+        layer, runtime, expect = self._settings(call, expect_leak)
+        return self._judge(soak(cycle, settings=layer, **runtime), expect, layer)
 
     async def run_async(
         self,
@@ -108,53 +114,46 @@ class SoakFixture:
         **options: Any,
     ) -> Verdict:
         """The same on the running event loop (async tests)."""
-        from harness.runner import soak_async
+        from harness.engine import soak_async
 
-        kwargs, expect = self._settings(cycle, cycles, warmup, thresholds, expect_leak, options)
-        return self._judge(await soak_async(cycle, **kwargs), expect)
+        call = {"cycles": cycles, "warmup": warmup, "thresholds": thresholds, **options}
+        layer, runtime, expect = self._settings(call, expect_leak)
+        return self._judge(await soak_async(cycle, settings=layer, **runtime), expect, layer)
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _settings(
-        self,
-        cycle: Any,
-        cycles: int | None,
-        warmup: int | None,
-        thresholds: Mapping[str, float] | None,
-        expect_leak: ExpectLeak,
-        options: dict[str, Any],
-    ) -> tuple[dict[str, Any], ExpectLeak]:
-        from harness.runner import as_scenario
+    _RUNTIME = ("probes", "registry", "progress", "name")
+    """Arguments of a soak that are objects of this run, not settings."""
 
+    def _settings(
+        self, call: dict[str, Any], expect_leak: ExpectLeak
+    ) -> tuple[Settings, dict[str, Any], ExpectLeak]:
+        """One settings layer: ini < marker < the call < ``--soak-cycles``; the runtime args."""
         config = self._request.config
         marker = self._request.node.get_closest_marker("soak")
         marked: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
         if marker is not None and marker.args:
             marked.setdefault("cycles", marker.args[0])
-        sc = as_scenario(cycle)
-
-        marked_cycles = marked.pop("cycles", None)
-        marked_warmup = marked.pop("warmup", None)
-        marked_thresholds = marked.pop("thresholds", None) or {}
-        marked_expect = marked.pop("expect_leak", False)
-        n = config.getoption("soak_cycles")
-        if n is None:
-            n = cycles if cycles is not None else marked_cycles
-        if n is None:
-            ini = str(config.getini("soak_cycles") or "").strip()
-            n = int(ini) if ini else sc.cycles
-        w = warmup if warmup is not None else marked_warmup
-        th = {**dict(marked_thresholds), **dict(thresholds or {})}
-        expect = expect_leak if expect_leak is not False else marked_expect
-        merged = {**marked, **options}
-        report = merged.pop("report_dir", None) or self._report_dir()
-        out = {"cycles": int(n), "warmup": w, "thresholds": th or None, "report_dir": report}
-        out.update(merged)
-        if isinstance(expect, str):
-            out["expect_leak"] = [expect]
-        elif expect is not True and expect:
-            out["expect_leak"] = sorted(expect)
-        return out, expect
+        runtime = {k: call.pop(k) for k in self._RUNTIME if k in call}
+        runtime.update({k: marked.pop(k) for k in self._RUNTIME if k in marked})
+        expect = expect_leak if expect_leak is not False else marked.pop("expect_leak", False)
+        marked.pop("expect_leak", None)
+        ini = str(config.getini("soak_cycles") or "").strip()
+        own_dir = "report_dir" in call or "report_dir" in marked
+        layers = [
+            Settings.of(
+                cycles=int(ini) if ini else None, report_dir=None if own_dir else self._report_dir()
+            ),
+            Settings.of(**marked),
+            Settings.of(**call),
+            Settings.of(cycles=config.getoption("soak_cycles")),
+        ]
+        if isinstance(expect, str) or (expect is not True and expect):
+            layers.append(Settings.of(expect_leak=expect))
+        merged = Settings()
+        for layer in layers:
+            merged = layer.over(merged)
+        return merged, runtime, expect
 
     def _report_dir(self) -> Path | None:
         config = self._request.config
@@ -167,23 +166,13 @@ class SoakFixture:
             name += f"-{self._runs}"
         return Path(root) / name
 
-    def _judge(self, verdict: Verdict, expect: ExpectLeak) -> Verdict:
+    def _judge(self, verdict: Verdict, expect: ExpectLeak, layer: Settings) -> Verdict:
+        from harness.expect import judge
+
         self.verdicts.append(verdict)
-        if expect is False:
-            if not verdict.bounded:
-                pytest.fail(verdict.summary(), pytrace=False)
-            return verdict
-        if expect is True:
-            if verdict.bounded:
-                pytest.fail("expected a leak, found none:\n" + verdict.summary(), pytrace=False)
-            return verdict
-        wanted = {expect} if isinstance(expect, str) else set(expect)
-        missing = sorted(wanted - set(verdict.leaking_channels))
-        if missing:
-            pytest.fail(
-                f"expected a leak in {', '.join(missing)}, not found:\n" + verdict.summary(),
-                pytrace=False,
-            )
+        judgement = judge(verdict, expect, allow_undecided=bool(layer.allow_undecided))
+        if not judgement.ok:
+            pytest.fail(judgement.message, pytrace=False)
         return verdict
 
 

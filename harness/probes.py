@@ -5,21 +5,22 @@ A :class:`Probe` reads one number. The built-in channels are:
 ==========  =====================================================  ===========  ====================
 channel     what it reads                                          unit         default threshold
 ==========  =====================================================  ===========  ====================
-rss         resident set size (``/proc/self/statm``, else psutil)  bytes        1024 B/cycle
-heap        C heap in use (glibc ``mallinfo2``; absent elsewhere)   bytes        1024 B/cycle
-py_blocks   live pymalloc blocks (``sys.getallocatedblocks()``)    blocks       0.5 blocks/cycle
-gc_objects  objects tracked by the collector                       objects      0.5 objects/cycle
+rss         resident set size (``/proc/self/statm``, else psutil)  bytes        noise, >= 32 B
+heap        C heap in use (glibc ``mallinfo2``; absent elsewhere)   bytes        noise, >= 32 B
+py_blocks   live pymalloc blocks (``sys.getallocatedblocks()``)    blocks       noise, >= 0.05
+gc_objects  objects tracked by the collector                       objects      noise, >= 0.05
 listeners   live handlers of the scenario's registries             handlers     any steady growth
 fds         open file descriptors (``/proc/self/fd``, else psutil)  fds          any steady growth
 threads     OS threads of the process (``/proc/self/stat``)        threads      any steady growth
 tasks       unfinished asyncio tasks of the soak's loop            tasks        any steady growth
 ==========  =====================================================  ===========  ====================
 
-Thresholds are slopes in units per cycle; a channel leaks when its slope is confidently above
-the threshold over the measured cycles AND it still grows in their second half (see
-:mod:`harness.analysis`). "Any steady growth" is a threshold of 0 with ``min_growth=1``: the
-count must keep rising, so a pool that adds one thread once is not a leak. Why these numbers is
-in docs/harness.md.
+Thresholds are slopes in units per cycle; "noise, >= F" is derived from each run's own scatter
+(:func:`harness.analysis.analyze_channel`), never below the floor F. A channel leaks when its
+slope is confidently above the threshold over the measured cycles AND it still grows in their
+second half (see :mod:`harness.analysis`). "Any steady growth" is a threshold of 0 with
+``min_growth=1``: the count must keep rising, so a pool that adds one thread once is not a
+leak. Why these numbers is in docs/harness.md.
 
 The :class:`Sampler` stores samples in arrays allocated before the measured phase, so sampling
 leaves nothing behind for memray to report, and decides how often to sample from what a cycle
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import math
 import os
@@ -86,9 +88,11 @@ class Probe:
     name: str
     read: Callable[[], float]
     unit: str = ""
-    threshold: float = 0.0
+    threshold: float | None = 0.0
+    """None: derived from each run's noise, at least ``floor`` (see harness.analysis)."""
     min_growth: float = 0.0
     description: str = ""
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -102,7 +106,17 @@ class Probe:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def rss_probe(threshold: float = 1024.0) -> Probe:
+FLOORS = {"rss": 32.0, "heap": 32.0, "py_blocks": 0.05, "gc_objects": 0.05}
+"""The least automatic threshold per channel (units per cycle): below it, clean runs drift
+(measured: docs/harness.md, "Thresholds")."""
+
+
+def threshold_floor(channel: str) -> float:
+    """The floor of ``channel``'s automatic threshold (0 for counts and user probes)."""
+    return FLOORS.get(channel, 0.0)
+
+
+def rss_probe(threshold: float | None = None) -> Probe:
     """Resident set size in bytes: the memory the machine actually gives the process."""
     read: Callable[[], float]
     try:
@@ -121,7 +135,7 @@ def rss_probe(threshold: float = 1024.0) -> Probe:
             # statm is regenerated on every read from offset 0; the fd stays open for the run.
             return float(int(os.pread(fd, 128, 0).split()[1]) * _PAGE)
 
-    return Probe("rss", read, "bytes", threshold, 0.0, "resident set size")
+    return Probe("rss", read, "bytes", threshold, 0.0, "resident set size", FLOORS["rss"])
 
 
 class _MallInfo2(ctypes.Structure):
@@ -134,7 +148,7 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
-def heap_probe(threshold: float = 1024.0) -> Probe | None:
+def heap_probe(threshold: float | None = None) -> Probe | None:
     """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``), or None.
 
     Unlike RSS it does not depend on what the allocator keeps resident after frees, so a
@@ -153,25 +167,56 @@ def heap_probe(threshold: float = 1024.0) -> Probe | None:
         info = fn()
         return float(info.uordblks + info.hblkhd)
 
-    return Probe("heap", read, "bytes", threshold, 0.0, "C heap in use (mallinfo2)")
+    return Probe("heap", read, "bytes", threshold, 0.0, "C heap in use (mallinfo2)", FLOORS["heap"])
 
 
-def py_blocks_probe(threshold: float = 0.5) -> Probe:
+def py_blocks_probe(threshold: float | None = None) -> Probe:
     """Live pymalloc blocks: every small Python object, as CPython's refleak hunter counts."""
 
     def read() -> float:
         return float(sys.getallocatedblocks())
 
-    return Probe("py_blocks", read, "blocks", threshold, 0.0, "sys.getallocatedblocks()")
+    return Probe(
+        "py_blocks", read, "blocks", threshold, 0.0, "sys.getallocatedblocks()",
+        FLOORS["py_blocks"],
+    )  # fmt: skip
 
 
-def gc_objects_probe(threshold: float = 0.5) -> Probe:
-    """Objects tracked by the cyclic collector, frozen ones included."""
+def gc_objects_probe(threshold: float | None = None) -> Probe:
+    """Objects tracked by the cyclic collector, frozen ones included.
+
+    The frozen ones are counted once, when :func:`freeze` froze them (counting them costs a
+    walk of the whole frozen list: milliseconds in a large process), so a sample costs the
+    objects created since, not the heap.
+    """
 
     def read() -> float:
-        return float(len(gc.get_objects()) + gc.get_freeze_count())
+        return float(len(gc.get_objects()) + _frozen[0])
 
-    return Probe("gc_objects", read, "objects", threshold, 0.0, "gc-tracked objects")
+    return Probe(
+        "gc_objects", read, "objects", threshold, 0.0, "gc-tracked objects", FLOORS["gc_objects"]
+    )
+
+
+_frozen = [0]
+"""Objects the harness froze (``gc.get_freeze_count()`` at its last :func:`freeze`)."""
+_froze = [False]
+
+
+def freeze() -> None:
+    """Collect, then move every surviving object to the permanent generation (cheap samples)."""
+    gc.collect()
+    gc.freeze()
+    _froze[0] = True
+    _frozen[0] = gc.get_freeze_count()
+
+
+def unfreeze() -> None:
+    """Undo :func:`freeze` (nothing when the harness froze nothing)."""
+    if _froze[0]:
+        gc.unfreeze()
+        _froze[0] = False
+        _frozen[0] = 0
 
 
 @runtime_checkable
@@ -294,7 +339,7 @@ def apply_thresholds(probes: Sequence[Probe], thresholds: dict[str, float]) -> l
             value = float(thresholds[p.name])
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"threshold for {p.name} must be a finite number >= 0")
-            p = Probe(p.name, p.read, p.unit, value, p.min_growth, p.description)
+            p = dataclasses.replace(p, threshold=value)
         out.append(p)
     return out
 
@@ -333,7 +378,7 @@ class Sampler:
     that existed before each phase (``gc.freeze()``), which keeps each collection cheap.
     """
 
-    BUDGET = 0.05
+    BUDGET = 0.03
     """Sampling may take this share of the measured run (more only to reach MIN_SAMPLES)."""
     MIN_SAMPLES = 200
     MAX_SAMPLES = 2000
@@ -362,13 +407,21 @@ class Sampler:
             costs[p.name] = _fastest(p.read, repeat)
         return costs
 
-    def plan(self, measured: int, cycle_seconds: float, every: int | None = None) -> Plan:
+    def plan(
+        self,
+        measured: int,
+        cycle_seconds: float,
+        every: int | None = None,
+        observed: float | None = None,
+    ) -> Plan:
         """Choose the sampling interval for ``measured`` cycles of ``cycle_seconds`` each.
 
         Cheap probes: sampling takes at most ``BUDGET`` of the run, but never fewer than
         ``MIN_SAMPLES`` samples nor more than ``MAX_SAMPLES``. A probe that costs more than the
         budget allows at that interval (``gc_objects`` on a big heap, a slow user probe) is read
         on every n-th sampling point only, keeping at least ``MIN_SAMPLES_EXPENSIVE`` samples.
+        ``observed``: seconds a whole sample took on average during the warm-up; the collection
+        costs more there than right after a freeze, where :meth:`probe_costs` times it.
         """
         costs = self.probe_costs()
         budget = max(cycle_seconds, 1e-7) * self.BUDGET
@@ -377,6 +430,8 @@ class Sampler:
         # A probe is "cheap" when it costs no more than the collection plus 50 us.
         limit = cheap + 50e-6
         cheap += sum(c for c in per_probe.values() if c <= limit)
+        if observed is not None:
+            cheap = max(cheap, observed - sum(c for c in per_probe.values() if c > limit))
         lo = max(1, math.ceil(measured / self.MAX_SAMPLES))
         hi = max(lo, measured // self.MIN_SAMPLES)
         if every is None:
@@ -418,6 +473,10 @@ class Sampler:
                 ch.n = n + 1
         self._calls = calls + 1
         self.seconds += time.perf_counter() - started
+
+    def mean_seconds(self) -> float | None:
+        """Seconds per sample since :meth:`prepare` (None before the first)."""
+        return self.seconds / self._calls if self._calls else None
 
     def series(self) -> dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
         """The samples of the prepared phase, per channel, as (cycles, values)."""

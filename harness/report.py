@@ -35,6 +35,7 @@ _PHASE_LABEL = {
     "setup": "setting up",
     "warm-up": "warm-up (untracked)",
     "measured": "measured",
+    "tracked": "under memray (leak sites)",
     "analysis": "analysing",
     "report": "writing the report",
     "teardown": "tearing down",
@@ -155,8 +156,8 @@ def render_flamegraph(capture: Path, output: Path, timeout: float = 300.0) -> st
 
 def leak_sites_text(verdict: Verdict) -> str:
     lines = [
-        f"memory still live after the {verdict.measured} measured cycles of {verdict.scenario} "
-        f"(memray): {format_quantity(verdict.leaked_bytes, 'bytes')} in "
+        f"memory still live after the {verdict.tracked_cycles} cycles of {verdict.scenario} "
+        f"under memray: {format_quantity(verdict.leaked_bytes, 'bytes')} in "
         f"{verdict.leaked_allocations:,} allocations",
         "",
         f"{'size':>12}  {'allocs':>9}  {'per cycle':>10}  location",
@@ -164,7 +165,7 @@ def leak_sites_text(verdict: Verdict) -> str:
     if not verdict.tracked:
         lines.append("(not tracked: run with memray to see leak sites)")
     for s in verdict.leak_sites:
-        per = format_quantity(s.size / max(1, verdict.measured), "bytes")
+        per = format_quantity(s.size / max(1, verdict.tracked_cycles), "bytes")
         lines.append(
             f"{format_quantity(s.size, 'bytes'):>12}  {s.count:>9,}  {per:>10}  "
             f"{s.location} in {s.function}"
@@ -186,7 +187,9 @@ def render_timeline(verdict: Verdict) -> bytes:
     ncols = 2
     nrows = max(1, (len(names) + ncols - 1) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.1 * nrows), squeeze=False)
-    title = "BOUNDED" if verdict.bounded else "LEAK in " + ", ".join(verdict.leaking_channels)
+    title = {"bounded": "BOUNDED", "undecided": "UNDECIDED (still settling)"}.get(
+        verdict.status, "LEAK in " + ", ".join(verdict.leaking_channels)
+    )
     fig.suptitle(
         f"{verdict.scenario}: {title}  ({verdict.cycles:,} cycles, {verdict.warmup:,} warm-up)",
         fontsize=14,
@@ -200,9 +203,14 @@ def render_timeline(verdict: Verdict) -> bytes:
             x = np.asarray(tl.cycles)
             y = np.asarray(tl.values) / scale
             warm = x < verdict.warmup
+            tracked = x > verdict.cycles
+            measured = ~warm & ~tracked
             ax.plot(x[warm], y[warm], ".", ms=2, color="0.6", label="warm-up (untracked)")
-            ax.plot(x[~warm], y[~warm], ".", ms=2, color="#1f77b4", label="measured")
-            m, my = x[~warm], y[~warm]
+            ax.plot(x[measured], y[measured], ".", ms=2, color="#1f77b4", label="measured")
+            if tracked.any():
+                ax.plot(x[tracked], y[tracked], ".", ms=2, color="#9467bd",
+                        label="under memray (not analysed)")  # fmt: skip
+            m, my = x[measured], y[measured]
             if m.size >= 2:
                 # Lines through the median residual, as Theil-Sen's own intercept.
                 slope = ch.slope_per_cycle / scale
@@ -217,11 +225,11 @@ def render_timeline(verdict: Verdict) -> bytes:
                     xl = np.array([m[late][0], m[late][-1]])
                     ax.plot(xl, bl + ls * xl, "--", color="#2ca02c", lw=1.5,
                             label="second half")  # fmt: skip
-                if verdict.tracked and verdict.warmup:
-                    ax.axvline(verdict.warmup, color="0.5", lw=0.8, ls=":")
+                if verdict.tracked:
+                    ax.axvline(verdict.cycles, color="0.5", lw=0.8, ls=":")
         if verdict.warmup:
             ax.axvspan(0, verdict.warmup, color="0.92", zorder=0)
-        state = "LEAK" if ch.leaking else ch.kind
+        state = ch.kind.upper() if ch.leaking or ch.undecided else ch.kind
         ax.set_title(f"{name}: {state}", color="#b00020" if ch.leaking else "black", fontsize=11)
         ax.set_xlabel("cycles")
         ax.set_ylabel(unit)
@@ -294,12 +302,12 @@ def render_html(verdict: Verdict, png: bytes, flamegraph: Path | None = None) ->
         stack = "<br>".join(e(f) for f in s.stack[:8])
         site_rows.append(
             f"<tr><td>{e(format_quantity(s.size, 'bytes'))}</td><td>{s.count:,}</td>"
-            f"<td>{e(format_quantity(s.size / max(1, verdict.measured), 'bytes'))}</td>"
+            f"<td>{e(format_quantity(s.size / max(1, verdict.tracked_cycles), 'bytes'))}</td>"
             f'<td class="l"><code>{e(s.location)}</code> in <code>{e(s.function)}</code></td>'
             f'<td class="l small"><code>{stack}</code></td></tr>'
         )
     if not verdict.tracked:
-        sites = "<p>The measured cycles did not run under memray: no leak sites.</p>"
+        sites = "<p>No cycles ran under memray: no leak sites.</p>"
     elif site_rows:
         sites = (
             "<table><tr><th>size</th><th>allocations</th><th>per cycle</th>"
@@ -329,13 +337,18 @@ def render_html(verdict: Verdict, png: bytes, flamegraph: Path | None = None) ->
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in verdict.notes)
     img = base64.b64encode(png).decode("ascii")
-    mode = "under memray" if verdict.tracked else "untracked"
+    tracked = (
+        f"then {verdict.tracked_cycles:,} more under memray, for the leak sites only"
+        if verdict.tracked
+        else "no cycles under memray (no leak sites)"
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>soak: {e(verdict.scenario)}</title>
 <style>{_CSS}</style></head><body>
 <h1>soak <code>{e(verdict.scenario)}</code>: {state}</h1>
 <p>{verdict.cycles:,} cycles: {verdict.warmup:,} warm-up (untracked, not analysed), then
-{verdict.measured:,} measured {mode} at {verdict.measured_cycles_per_second:,.0f} cycles/s
+{verdict.measured:,} measured (untracked: the verdict is decided on these); {tracked}.
+{verdict.measured_cycles_per_second:,.0f} cycles/s after the warm-up
 (warm-up {verdict.warmup_cycles_per_second:,.0f} cycles/s); sampled every
 {verdict.sample_every} cycle(s); {verdict.seconds:.1f} s in all.</p>
 {expected}
@@ -351,7 +364,7 @@ growth above the channel's minimum). A cache that fills and stops fails the seco
 <h2>Timeline</h2>
 <img alt="memory timeline per channel" src="data:image/png;base64,{img}">
 <h2>Leak sites</h2>
-<p>Memory allocated during the measured cycles and still live when they ended:
+<p>Memory allocated during the cycles under memray and still live when they ended:
 {e(format_quantity(verdict.leaked_bytes, "bytes"))} in {verdict.leaked_allocations:,}
 allocations.</p>
 {sites}

@@ -54,10 +54,47 @@ def test_a_slow_steady_leak_is_found_where_a_plateau_is_not() -> None:
     assert judge(slow).leaking
 
 
-def test_a_cache_still_filling_in_the_second_half_needs_more_cycles() -> None:
-    # Documented limit: growth that goes on past the middle of the measured cycles counts.
+def test_a_cache_still_filling_in_the_second_half_is_undecided_not_a_leak() -> None:
+    # Growth that decelerates past the middle of the measured cycles: more cycles will tell.
     filled = np.minimum(X, 1500.0) * 2.0
-    assert judge(filled + noise(2, 5.0)).leaking
+    r = judge(filled + noise(2, 5.0))
+    assert not r.leaking and r.undecided and r.kind == "undecided"
+    assert r.early_slope_per_cycle > 2 * r.late_slope_per_cycle
+    assert "still settling" in r.reason
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_steady_leak_is_a_leak_not_undecided(seed: int) -> None:
+    r = judge(0.6 * X + noise(seed, 20.0))
+    assert r.leaking and not r.undecided
+
+
+def test_an_automatic_threshold_is_the_noise_over_the_span_or_the_floor() -> None:
+    quiet = analyze_channel("rss", "bytes", X, 5.0 * X + noise(4, 1.0), threshold=None, floor=32)
+    assert quiet.threshold == 32 and quiet.threshold_auto and not quiet.leaking
+    noisy = analyze_channel(
+        "rss", "bytes", X, 40.0 * X + noise(5, 100_000.0), threshold=None, floor=32
+    )
+    assert noisy.threshold == pytest.approx(3 * noisy.noise / (X[-1] - X[0]))
+    assert noisy.threshold > 100 and not noisy.leaking
+    assert analyze_channel("rss", "bytes", X, 128.0 * X + noise(6, 4096.0), threshold=None,
+                           floor=32).leaking  # fmt: skip
+
+
+def test_a_slope_that_rose_beyond_noise_against_a_baseline_is_a_regression() -> None:
+    from harness.analysis import compare_channel
+
+    def rss(slope: float, seed: int) -> ChannelResult:
+        y = slope * X + noise(seed, 2000.0)
+        return analyze_channel("rss", "bytes", X, y, threshold=1024.0)
+
+    old, same, worse = rss(30.0, 7), rss(30.0, 8), rss(300.0, 9)
+    assert not worse.leaking  # under the absolute threshold
+    assert compare_channel(worse, old, 32.0).regression and worse.leaking
+    assert worse.kind == "regression" and "REGRESSION" in worse.reason
+    assert not compare_channel(same, old, 32.0).regression and not same.leaking
+    shrinking, shrinking_less = rss(-300.0, 10), rss(-100.0, 11)
+    assert not compare_channel(shrinking_less, shrinking, 32.0).regression
 
 
 @pytest.mark.parametrize("period", [25, 50, 100])

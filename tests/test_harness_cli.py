@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
+import harness as harness_package
+
 USER_MODULE = """
-import asyncio, ctypes, time
+import asyncio, ctypes, math, time
 kept = []
+cache = {}
+
+def settling(i):
+    key = int(600 * (1 - math.exp(-i / 200)))
+    cache.setdefault(key, "value " + "x" * 50)
 
 def leaky(i):
     kept.append(object())
@@ -53,7 +60,9 @@ def workdir(tmp_path: Path) -> Path:
 
 def harness(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # the module must be found through the current directory
+    # The user's module must be found through the current directory; PYTHONPATH holds only
+    # the harness under test (this checkout's, not whichever one is installed).
+    env["PYTHONPATH"] = str(Path(harness_package.__file__).resolve().parent.parent)
     return subprocess.run(
         [sys.executable, "-m", "harness", *args],
         cwd=cwd,
@@ -80,12 +89,15 @@ def test_a_leak_exits_1_with_a_summary_json_and_report(workdir: Path) -> None:
         "--json", "out/v.json", "--report", "rep",
     )  # fmt: skip
     assert p.returncode == 1, p.stderr
-    assert "LEAK in py_blocks" in p.stdout and "usercycles.py:6" in p.stdout
+    assert "LEAK in py_blocks" in p.stdout and "usercycles.py:11" in p.stdout
     d = json.loads((workdir / "out/v.json").read_text())
     assert d["bounded"] is False and d["cycles"] == 400 and d["warmup"] == 40
     assert d["channels"]["py_blocks"]["leaking"] is True
     assert {"slope_per_cycle", "growth", "unit", "leaking"} <= set(d["channels"]["rss"])
-    assert d["leak_sites"][0]["location"].endswith("usercycles.py:6")
+    assert d["leak_sites"][0]["location"].endswith("usercycles.py:11")
+    for site in d["leak_sites"]:  # never the harness's own frames (its progress JSON...)
+        for frame in [site["location"], *site["stack"]]:
+            assert "harness/" not in frame and "json/" not in frame, site
     rep = workdir / "rep"
     for name in ("verdict.json", "timeline.png", "report.html", "flamegraph-leaks.html"):
         assert (rep / name).exists(), name
@@ -173,3 +185,46 @@ def test_report_rerenders_from_the_json(workdir: Path) -> None:
     assert (workdir / "again" / "timeline.png").exists()
     assert "LEAK in py_blocks" in p.stdout
     one_line_error(harness(workdir, "report", "nowhere"))
+
+
+def test_still_settling_at_max_cycles_exits_3_with_the_evidence(workdir: Path) -> None:
+    p = harness(
+        workdir, "soak", "--scenario", "usercycles:settling", "--cycles", "600",
+        "--max-cycles", "600", "--no-memray", "--json", "v.json",
+    )  # fmt: skip
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "UNDECIDED: still settling after 600 cycles; run longer" in p.stdout
+    assert "py_blocks: still settling" in p.stdout
+    assert json.loads((workdir / "v.json").read_text())["status"] == "undecided"
+    allowed = harness(
+        workdir, "soak", "--scenario", "usercycles:settling", "--cycles", "600",
+        "--max-cycles", "600", "--no-memray", "--allow-undecided",
+    )  # fmt: skip
+    assert allowed.returncode == 0 and "UNDECIDED" in allowed.stdout
+
+
+def test_a_slope_that_rose_against_the_baseline_is_a_regression(workdir: Path) -> None:
+    base = harness(workdir, "soak", "--scenario", "usercycles:clean", "--cycles", "600",
+                   "--no-memray", "--json", "base.json")  # fmt: skip
+    assert base.returncode == 0, base.stderr
+    # Under its (raised) absolute threshold, the leak is a regression against the baseline.
+    p = harness(
+        workdir, "soak", "--scenario", "usercycles:leaky", "--cycles", "600", "--no-memray",
+        "--threshold", "py_blocks=5", "--threshold", "gc_objects=5", "--baseline", "base.json",
+        "--json", "new.json",
+    )  # fmt: skip
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "regression against the baseline: py_blocks" in p.stdout
+    d = json.loads((workdir / "new.json").read_text())
+    assert d["channels"]["py_blocks"]["kind"] == "regression"
+    assert d["baseline"].endswith("base.json")
+
+    table = harness(workdir, "compare", "base.json", "new.json")
+    assert table.returncode == 1, table.stderr
+    assert re.search(r"^py_blocks\s+.*REGRESSION", table.stdout, re.M)
+    assert "REGRESSION in py_blocks" in table.stdout
+    same = harness(workdir, "compare", "base.json", "base.json")
+    assert same.returncode == 0 and "no regression" in same.stdout
+    one_line_error(harness(workdir, "compare", "base.json", "missing.json"))
+    one_line_error(harness(workdir, "soak", "--scenario", "usercycles:clean",
+                           "--baseline", "missing.json"))  # fmt: skip

@@ -9,7 +9,14 @@ import pytest
 pytest_plugins = ["pytester"]
 
 LEAKY = """
+import math
 kept = []
+
+def settling():
+    cache = {}
+    def cycle(i):
+        cache.setdefault(int(600 * (1 - math.exp(-i / 200))), "value " + "x" * 50)
+    return cycle
 
 def leaky(i):
     kept.append(object())
@@ -60,7 +67,7 @@ def test_a_leak_fails_the_test_with_the_summary(tests_dir: pytest.Pytester) -> N
     result = run(tests_dir)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_leaky*", "*LEAK in py_blocks after 400 cycles*"])
-    result.stdout.fnmatch_lines(["*cycles.py:4 in leaky*"])
+    result.stdout.fnmatch_lines(["*cycles.py:11 in leaky*"])
     assert "Traceback" not in result.stdout.str()
 
 
@@ -170,3 +177,23 @@ def test_async_tests_use_run_async(tests_dir: pytest.Pytester) -> None:
 def test_the_marker_is_registered(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--markers")
     result.stdout.fnmatch_lines(["*@pytest.mark.soak(cycles=None*"])
+
+
+def test_an_undecided_verdict_fails_unless_the_test_allows_it(tests_dir: pytest.Pytester) -> None:
+    tests_dir.makepyfile(
+        test_user="""
+        import pytest
+        from cycles import settling
+
+        def test_settling(soak):
+            soak(settling(), cycles=600, max_cycles=600, memray=False)
+
+        @pytest.mark.soak(allow_undecided=True)
+        def test_allowed(soak):
+            v = soak(settling(), cycles=600, max_cycles=600, memray=False)
+            assert v.status == "undecided" and v.exit_code == 3
+        """
+    )
+    result = run(tests_dir)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*UNDECIDED: still settling after 600 cycles; run longer*"])

@@ -29,7 +29,7 @@ def test_every_scenario_of_the_design_is_built_in() -> None:
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_each_mutant_leaks_on_its_channel_and_memray_names_its_line(mutant: object) -> None:
-    from harness.runner import Scenario
+    from harness.model import Scenario
 
     assert isinstance(mutant, Scenario) and mutant.bug is not None
     v = soak(mutant, cycles=240, warmup=40)
@@ -68,7 +68,9 @@ def test_the_raw_neonize_storm_leaks_rss_and_fds_at_about_the_known_rate() -> No
 
 
 def test_the_isolated_storm_keeps_this_process_flat() -> None:
-    v = soak(resolve("neonize-storm-isolated"), cycles=200, warmup=20)
+    # The parent's memory rises a little over each worker's life and drops at its recycle
+    # (docs/harness.md, Findings): the run must span several recycles, as the suite's does.
+    v = soak(resolve("neonize-storm-isolated"), cycles=1000, warmup=100)
     assert not ({"rss", "fds", "threads", "tasks"} & set(v.leaking_channels)), v.summary()
 
 

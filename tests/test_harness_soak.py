@@ -7,6 +7,8 @@ import ctypes
 import ctypes.util
 import functools
 import inspect
+import math
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -119,7 +121,98 @@ def test_a_scenario_exposes_its_registry_as_the_listeners_channel() -> None:
     assert v.channels["listeners"].slope_per_cycle == pytest.approx(1.0)
 
 
+def test_a_tenth_of_an_object_per_cycle_is_found_within_2000_cycles() -> None:
+    kept: list[object] = []
+
+    def cycle(i: int) -> None:
+        if i % 10 == 0:
+            kept.append(object())  # the leak
+
+    v = soak(cycle, cycles=2000)
+    assert "py_blocks" in v.leaking_channels, v.summary()
+    assert 0.08 < v.channels["py_blocks"].slope_per_cycle < 0.12
+    assert any(s.mentions(*line_of(cycle, "# the leak")) for s in v.leak_sites)
+
+
+def test_128_bytes_of_native_memory_per_cycle_are_found_within_2000_cycles() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+
+    def cycle(i: int) -> None:
+        libc.malloc(112)  # the leak: 112 bytes and malloc's 16-byte header
+
+    v = soak(cycle, cycles=2000)
+    assert "heap" in v.leaking_channels, v.summary()
+    assert 100 < v.channels["heap"].slope_per_cycle < 160
+
+
+def test_the_leak_size_is_that_of_an_untracked_run() -> None:
+    """The verdict is decided on untracked cycles: memray's own memory is not in it."""
+    kept: list[Any] = []
+
+    def cycle(i: int) -> None:
+        kept.append(ctypes.create_string_buffer(1024))
+
+    tracked = soak(cycle, cycles=2000).channels["heap"].slope_per_cycle
+    untracked = soak(cycle, cycles=2000, memray=False).channels["heap"].slope_per_cycle
+    assert abs(tracked - untracked) < 0.2 * untracked, (tracked, untracked)
+
+
+def test_a_leaked_thread_is_attributed_to_the_line_that_started_it() -> None:
+    stop = threading.Event()
+
+    def cycle(i: int) -> None:
+        thread = threading.Thread(target=stop.wait, daemon=True)
+        thread.start()  # the leak
+
+    try:
+        v = soak(cycle, cycles=200, warmup=20)
+    finally:
+        stop.set()
+    assert "threads" in v.leaking_channels, v.summary()
+    assert v.leak_sites[0].mentions(*line_of(cycle, "# the leak")), v.summary(sites=5)
+
+
 # -- specificity ----------------------------------------------------------------------------------
+
+
+def test_a_cycle_that_compiles_a_new_function_each_time_is_bounded() -> None:
+    """memray's own memory grows per new code object: it must not be in the verdict."""
+
+    def cycle(i: int) -> None:
+        namespace: dict[str, Any] = {}
+        exec(compile(f"def f(x):\n    return x + {i}\n", "<cycle>", "exec"), namespace)
+        namespace["f"](1)
+
+    v = soak(cycle, cycles=2000)
+    assert v.bounded, v.summary()
+    assert v.tracked
+
+
+def settling_cache() -> Any:
+    """A cache that fills ever more slowly: 600 keys in all, most of them early."""
+    cache: dict[int, str] = {}
+
+    def cycle(i: int) -> None:
+        key = int(600 * (1 - math.exp(-i / 200)))
+        cache.setdefault(key, f"value {key} " + "x" * 50)
+
+    return cycle
+
+
+def test_a_cache_still_filling_extends_the_run_until_it_settles() -> None:
+    v = soak(settling_cache(), cycles=600, memray=False)
+    assert v.bounded, v.summary()
+    assert v.requested_cycles == 600 and 600 < v.cycles <= v.max_cycles == 2400
+
+
+def test_a_cache_still_filling_at_max_cycles_is_undecided() -> None:
+    v = soak(settling_cache(), cycles=600, max_cycles=600, memray=False)
+    assert v.status == "undecided" and not v.bounded and v.exit_code == 3
+    assert not v.leaking_channels
+    assert "UNDECIDED: still settling after 600 cycles; run longer" in v.summary()
+    assert "still settling" in v.summary()  # the evidence: the channel's reason
 
 
 @pytest.mark.parametrize("run", range(3))

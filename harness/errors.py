@@ -1,0 +1,52 @@
+"""Why a soak could not produce a verdict: exit status 2 of ``python -m harness soak``."""
+
+from __future__ import annotations
+
+import traceback
+
+__all__ = ["CycleError", "ScenarioError", "SoakError", "SoakTimeout", "UsageError"]
+
+
+class SoakError(Exception):
+    """A soak could not produce a verdict."""
+
+
+class UsageError(SoakError, ValueError):
+    """Bad arguments or a target that is not a cycle or a scenario."""
+
+
+class ScenarioError(SoakError):
+    """The scenario's setup failed."""
+
+
+class CycleError(SoakError):
+    """A cycle raised. ``cycle`` is its index, ``phase`` warm-up, measured or tracked."""
+
+    def __init__(self, cycle: int, phase: str, exc: BaseException) -> None:
+        self.cycle = cycle
+        self.phase = phase
+        self.where = where(exc)
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        super().__init__(
+            f"cycle {cycle} ({phase}) raised {detail}" + (f" at {self.where}" if self.where else "")
+        )
+
+
+class SoakTimeout(SoakError):
+    """The run took longer than its timeout."""
+
+    def __init__(self, timeout: float, cycle: int | None, total: int) -> None:
+        self.timeout = timeout
+        self.cycle = cycle
+        at = f" during cycle {cycle} of {total}" if cycle is not None else " before the first cycle"
+        super().__init__(f"timed out after {timeout:g} s{at}")
+
+
+def where(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of the traceback outside the harness's machinery."""
+    from harness.analysis import display_path, is_machinery
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not is_machinery(f.filename)]
+    if not frames:
+        return ""
+    return f"{display_path(frames[-1].filename)}:{frames[-1].lineno}"
