@@ -214,3 +214,34 @@ async def test_debug_hooks_need_the_simulated_worker(tmp_path: Path) -> None:
     with pytest.raises(TransportError, match="simulated"):
         await transport.emit(message_event())
     await transport.close()
+
+
+async def test_stop_while_the_worker_is_starting_waits_for_run_to_return(tmp_path: Path) -> None:
+    """stop() during the worker's spawn holds until run() has returned (it runs no session), so
+    Client.close() never waits on a session nothing stops."""
+    transport = IsolatedTransport(tmp_path / "s.db", worker="simulated")
+    delivered: list[Event] = []
+    run = asyncio.ensure_future(transport.run(delivered.append))
+    await asyncio.sleep(0)  # run() is now starting the worker process
+    async with asyncio.timeout(60):
+        await transport.stop()
+    assert run.done() and run.exception() is None
+    assert delivered == []  # no session was started
+    async with asyncio.timeout(60):
+        await transport.close()
+    assert transport.worker_pid is None and not _zombies()
+
+
+async def test_close_during_a_worker_restart_is_prompt(tmp_path: Path) -> None:
+    """The worker dies; the client closes while the transport is spawning the next one."""
+    transport = IsolatedTransport(tmp_path / "s.db", worker="simulated", heartbeat_interval=60)
+    client = Client(transport, backoff=NO_WAIT)
+    await client.start()
+    await client.wait_for(ClientState.CONNECTED, timeout=60)
+    first = transport.worker_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await client.wait_for(ClientState.CONNECTING, ClientState.BACKOFF, timeout=30)
+    async with asyncio.timeout(60):
+        await client.close()
+    assert client.state is ClientState.STOPPED and not _zombies()
