@@ -10,8 +10,9 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from waclient.client import Backoff, Client
 from waclient.memory import (
@@ -36,13 +37,16 @@ from .readiness import ReadinessProbe
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from waclient.recorders import InboundRecorder, OutboundRecorder
+    from waclient.recorders import InboundRecorder, OutboundRecorder, Recorder
     from waclient.redis import RedisHealth
     from waclient.scheduler import Scheduler
+    from waclient.spool import Spool
 
 __all__ = ["Host", "build_transport", "worker_budget"]
 
 log = logging.getLogger("waclient.host")
+
+R = TypeVar("R", bound="Recorder")
 
 MAX_WORKER_BUDGET = 150 * 2**20
 WORKER_BUDGET_FRACTION = 0.40
@@ -132,6 +136,7 @@ class Host:
         self.inbound: InboundRecorder | None = None
         self.outbound: OutboundRecorder | None = None
         self.scheduler: Scheduler | None = None
+        self._stack: AsyncExitStack | None = None
         self.guard = MemoryGuard(
             self.limits,
             measure=self.memory_used,
@@ -196,52 +201,96 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def start(self) -> None:
+        """Open every component on one :class:`~contextlib.AsyncExitStack`; if one fails, the
+        ones opened before it are closed (in reverse order) and the error propagates."""
+        if self._stack is not None:
+            raise RuntimeError("host already started")
+        async with AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()
+
+    async def close(self) -> None:
+        """Leave the stack: every component closes in the reverse of the order it was opened
+        in (the guard, the scheduler, the client, the recorders, their spools, Redis), so work
+        stops being taken before what it writes to goes away. Spooled records stay on disk.
+        Idempotent."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        """What :meth:`start` enters, in order. Each component is pushed right after it is
+        opened, so the stack's close order is the reverse of this one by construction."""
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
         transport = self._transport_override or build_transport(s, self.machine.total)
         self.transport = transport
-        self.client = Client(
+        client = Client(
             transport,
             backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
             max_failures=s.max_failures,
         )
+        self.client = client
         if s.redis_url is not None:
-            from waclient.recorders import InboundRecorder, OutboundRecorder
-            from waclient.redis import RedisHealth, open_redis
-            from waclient.scheduler import Scheduler
-
-            self.redis = open_redis(s.redis_url, client_name=f"waclient-host-{s.session_name}")
-            self.redis_health = RedisHealth(self.redis, timeout=1.0)
-            common: dict[str, Any] = {
-                "key_prefix": s.session_name,
-                "max_buffer": s.recorder_buffer,
-            }
-            self.inbound = InboundRecorder(self.redis, spool=self._spool("in"), **common)
-            self.outbound = OutboundRecorder(self.redis, spool=self._spool("out"), **common)
-            self.inbound.attach(self.client)
-            self.outbound.attach(self.client)
-            await self.inbound.start()
-            await self.outbound.start()
-            self.scheduler = Scheduler(
-                self.redis,
-                self.client.send_text,
-                namespace=f"{s.session_name}:scheduler",
-                max_jobs_per_session=s.max_scheduled,
-                max_text_length=s.max_text_length,
-                poll_interval=s.scheduler_poll,
-                min_interval=s.cron_min_interval,
-                pacer=self.send_budget,
-            )
-            await self.scheduler.start()
+            await self._open_redis(stack, client, s.redis_url)
         else:
             log.warning("REDIS_URL is not set: no recorders, no scheduler")
+        await stack.enter_async_context(client)
+        if self.scheduler is not None:
+            await stack.enter_async_context(self.scheduler)
         self.guard.check()
         await self.guard.start()
-        await self.client.start()
+        stack.push_async_callback(self.guard.close)
 
-    def _spool(self, direction: str) -> Any:
+    async def _open_redis(self, stack: AsyncExitStack, client: Client, url: str) -> None:
+        """Redis, then the recorders (each with its spool) attached to ``client``; builds the
+        scheduler, which :meth:`_open` enters once the client runs."""
+        from waclient.recorders import InboundRecorder, OutboundRecorder
+        from waclient.redis import RedisHealth, open_redis
+        from waclient.scheduler import Scheduler
+
+        s = self.settings
+        redis = open_redis(url, client_name=f"waclient-host-{s.session_name}")
+        self.redis = redis
+        stack.push_async_callback(_close_quietly, redis)
+        self.redis_health = RedisHealth(redis, timeout=1.0)
+        self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis, client)
+        self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis, client)
+        self.scheduler = Scheduler(
+            redis,
+            client.send_text,
+            namespace=f"{s.session_name}:scheduler",
+            max_jobs_per_session=s.max_scheduled,
+            max_text_length=s.max_text_length,
+            poll_interval=s.scheduler_poll,
+            min_interval=s.cron_min_interval,
+            pacer=self.send_budget,
+        )
+
+    async def _open_recorder(
+        self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis, client: Client
+    ) -> R:
+        """A recorder of ``kind`` on its own spool, attached to ``client`` and started; the
+        stack closes the recorder (it spools what it could not write), then the spool."""
+        s = self.settings
+        spool = self._spool(direction)
+        stack.push_async_callback(_close_spool, spool)
+        recorder = kind(redis, spool=spool, key_prefix=s.session_name, max_buffer=s.recorder_buffer)
+        recorder.attach(client)
+        await recorder.start()
+        stack.push_async_callback(recorder.close, s.shutdown_timeout / 2)
+        return recorder
+
+    def _spool(self, direction: str) -> Spool:
         from waclient.spool import Spool
 
         s = self.settings
@@ -251,27 +300,19 @@ class Host:
             max_bytes=s.spool_max_bytes,
         )
 
-    async def close(self) -> None:
-        """Stop taking work, then close in reverse order; spooled records stay on disk."""
-        await self.guard.close()
-        if self.scheduler is not None:
-            await self.scheduler.close()
-        if self.client is not None:
-            await self.client.close()
-        timeout = self.settings.shutdown_timeout / 2
-        for recorder in (self.inbound, self.outbound):
-            if recorder is not None:
-                await recorder.close(timeout)
-                spool = recorder.spool
-                if spool is not None and not spool.closed:
-                    await asyncio.to_thread(spool.close)
-        if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
-
     # -- views -----------------------------------------------------------------------------
 
     @property
     def spools(self) -> list[Path]:
         s = self.settings
         return [s.session_dir / f"spool-{d}.sqlite" for d in ("in", "out")]
+
+
+async def _close_spool(spool: Spool) -> None:
+    if not spool.closed:
+        await asyncio.to_thread(spool.close)
+
+
+async def _close_quietly(redis: Redis) -> None:
+    with contextlib.suppress(Exception):
+        await redis.aclose()
