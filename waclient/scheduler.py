@@ -42,7 +42,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -63,6 +63,7 @@ __all__ = [
     "ScheduledJob",
     "Scheduler",
     "SchedulerError",
+    "SchedulerStats",
     "SendPacer",
     "TextTooLongError",
     "TooManyJobsError",
@@ -326,6 +327,23 @@ return n
 
 
 # -- jobs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    """What :meth:`Scheduler.statistics` returns."""
+
+    namespace: str
+    running: bool
+    sent: int
+    """Scheduled messages sent."""
+    send_failures: int
+    last_error: str | None
+    unreadable: int
+    """Stored jobs that could not be read (skipped and logged)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,15 +673,15 @@ class Scheduler:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "running": self._task is not None,
-            "sent": self.sent,
-            "send_failures": self.send_failures,
-            "last_error": self.last_error,
-            "unreadable": self.unreadable,
-        }
+    def statistics(self) -> SchedulerStats:
+        return SchedulerStats(
+            namespace=self.namespace,
+            running=self._task is not None,
+            sent=self.sent,
+            send_failures=self.send_failures,
+            last_error=self.last_error,
+            unreadable=self.unreadable,
+        )
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -11,13 +11,15 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from waclient.client import Backoff, Client
+from waclient.client import Backoff, Client, ClientStats
 from waclient.memory import (
     GuardStatus,
     MemoryGuard,
+    MemoryGuardStats,
     MemoryLimits,
     MemorySnapshot,
     derive_limits,
@@ -26,10 +28,10 @@ from waclient.memory import (
     process_memory,
     take_snapshot,
 )
-from waclient.transports import Transport
+from waclient.transports import IsolatedTransport, Transport, WorkerStats
 
 from .config import Settings
-from .http_guard import GuardStats
+from .http_guard import GuardStats, HttpGuardStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
@@ -37,12 +39,12 @@ from .readiness import ReadinessProbe
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from waclient.recorders import InboundRecorder, OutboundRecorder, Recorder
+    from waclient.recorders import InboundRecorder, OutboundRecorder, Recorder, RecorderStats
     from waclient.redis import RedisHealth
-    from waclient.scheduler import Scheduler
+    from waclient.scheduler import Scheduler, SchedulerStats
     from waclient.spool import Spool
 
-__all__ = ["Host", "build_transport", "worker_budget"]
+__all__ = ["Host", "HostStats", "build_transport", "worker_budget"]
 
 log = logging.getLogger("waclient.host")
 
@@ -50,6 +52,31 @@ R = TypeVar("R", bound="Recorder")
 
 MAX_WORKER_BUDGET = 150 * 2**20
 WORKER_BUDGET_FRACTION = 0.40
+
+
+@dataclass(frozen=True, slots=True)
+class HostStats:
+    """What :meth:`Host.statistics` returns; None for a component the host does not run."""
+
+    client: ClientStats | None
+    worker: WorkerStats | None
+    """The isolated transport's worker."""
+    inbound: RecorderStats | None
+    outbound: RecorderStats | None
+    scheduler: SchedulerStats | None
+    guard: MemoryGuardStats
+    http: HttpGuardStats | None
+    """The HTTP guard's refusals, once :func:`.http_guard.server_config` serves the app."""
+    rate_limited: int
+    """Requests refused with 429 by a key's send or scheduling bucket."""
+    scheduled_sends_paced: int
+    """Scheduled sends that waited for a token of the number's outbound budget."""
+
+    @property
+    def recorders(self) -> dict[str, RecorderStats]:
+        """The recorders' statistics by direction ("in", "out")."""
+        pairs = (("in", self.inbound), ("out", self.outbound))
+        return {direction: st for direction, st in pairs if st is not None}
 
 
 def worker_budget(settings: Settings, machine: int) -> int:
@@ -163,8 +190,8 @@ class Host:
     # -- memory ----------------------------------------------------------------------------
 
     def worker_pids(self) -> list[int]:
-        pid = getattr(self.transport, "worker_pid", None)
-        return [pid] if isinstance(pid, int) else []
+        pid = self.transport.worker_pid if isinstance(self.transport, IsolatedTransport) else None
+        return [pid] if pid is not None else []
 
     def memory_used(self) -> int:
         """PSS of this process plus the worker's (RSS where PSS cannot be read)."""
@@ -181,18 +208,20 @@ class Host:
             registry=registry, worker_pids=self.worker_pids(), gc_objects=gc_objects
         )
 
-    def worker_stats(self) -> dict[str, Any] | None:
-        stats = getattr(self.transport, "stats", None)
-        if stats is None or not callable(stats):
-            return None
-        value = stats()
-        if hasattr(value, "__dataclass_fields__"):
-            out: dict[str, Any] = {
-                name: getattr(value, name) for name in value.__dataclass_fields__
-            }
-            out["rss_budget"] = getattr(self.transport, "rss_budget", None)
-            return out
-        return None
+    def statistics(self) -> HostStats:
+        """Every component's :meth:`statistics`, read together (``/metrics``, ``/health/*``)."""
+        transport = self.transport
+        return HostStats(
+            client=self.client.statistics() if self.client is not None else None,
+            worker=transport.statistics() if isinstance(transport, IsolatedTransport) else None,
+            inbound=self.inbound.statistics() if self.inbound is not None else None,
+            outbound=self.outbound.statistics() if self.outbound is not None else None,
+            scheduler=self.scheduler.statistics() if self.scheduler is not None else None,
+            guard=self.guard.statistics(),
+            http=self.http_guard.statistics() if self.http_guard is not None else None,
+            rate_limited=self.send_limiter.limited + self.schedule_limiter.limited,
+            scheduled_sends_paced=self.send_budget.waited,
+        )
 
     def _on_hard(self, status: GuardStatus) -> None:
         self.exit_code = 3
