@@ -18,8 +18,8 @@ clients that never finish a request starve everyone. :func:`server_config` makes
 A refused request is answered with the JSON error body, ``connection: close`` and a half-close,
 and whatever the client still sends is read and thrown away for up to :data:`LINGER` seconds
 (so it reads the answer rather than a reset), then the connection is closed. docs/host.md
-says why this guard rather than h11's limits or another server. Needs httptools
-(``uvicorn[standard]``, part of the host extra).
+says why this guard rather than h11's limits or another server. Needs httptools (part of
+the host extra).
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "port": settings.port,
         "http": protocol,
         "ws": "none",
+        "loop": "asyncio",  # not uvloop: ~2 MiB less RSS; the host's traffic does not need it
         "lifespan": "on",
         "log_level": settings.log_level,
         "proxy_headers": True,

@@ -31,7 +31,6 @@ from waclient.memory import (
 from waclient.transports import IsolatedTransport, Transport, WorkerStats
 
 from .config import Settings
-from .http_guard import GuardStats, HttpGuardStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
@@ -43,6 +42,8 @@ if TYPE_CHECKING:
     from waclient.redis import RedisHealth
     from waclient.scheduler import Scheduler, SchedulerStats
     from waclient.spool import Spool
+
+    from .http_guard import GuardStats, HttpGuardStats
 
 __all__ = ["Host", "HostStats", "build_transport", "worker_budget"]
 
