@@ -110,7 +110,7 @@ def test_recorder(benchmark: Any, env: Env) -> None:
         env.loop.run_until_complete(record_all(recs))
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, warmup_rounds=2)
-    stats = recorder.stats()
+    stats = recorder.statistics()
     env.loop.run_until_complete(recorder.close())
     assert stats.written == N * (ROUNDS + 2) and stats.duplicates == 0 and stats.spooled_total == 0
     record_median("recorder", benchmark.stats.stats.median)

@@ -191,7 +191,7 @@ async def neonize_storm_isolated() -> AsyncIterator[Workload]:
                 await transport.wait_done(base + i + 1)
 
             yield Workload(cycle, [client.registry], notes=notes)
-            stats = inner.stats()
+            stats = inner.statistics()
             notes.append(
                 f"worker: {stats.starts} started, {stats.recycles} recycled, {stats.crashes} "
                 f"crashed, largest RSS {stats.max_rss / 2**20:.1f} MiB (budget {budget_mib} MiB), "
@@ -285,7 +285,7 @@ async def redis_outage() -> AsyncIterator[Workload]:
                         raise RuntimeError("the spool did not drain within 60 s of Redis's return")
 
                 yield Workload(cycle, [client.registry], notes=notes)
-                st = recorder.stats()
+                st = recorder.statistics()
                 notes.append(
                     f"recorder: {st.written} written, {st.replayed} replayed from the spool, "
                     f"{st.duplicates} duplicates skipped, {st.dropped} dropped, "

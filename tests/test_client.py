@@ -244,7 +244,7 @@ async def test_events_flood_is_bounded_by_the_inbox() -> None:
         flood = asyncio.ensure_future(sim.emit(*[message_event(text=str(i)) for i in range(100)]))
         await asyncio.sleep(0.2)
         # The Go side is blocked: at most inbox_size events queued, one in the handler.
-        assert client.stats()["inbox"] <= 8 and not flood.done()
+        assert client.statistics().inbox <= 8 and not flood.done()
         gate.set()
         await flood
         await client.idle()

@@ -64,7 +64,7 @@ async def test_ten_thousand_reconnect_cycles_keep_counts_exact() -> None:
         assert counts_seen_during == {7}
         assert counts_seen_between == {2}
         assert delivered == CYCLES * EVENTS_PER_CYCLE
-        assert client.stats()["handler_errors"] == 0 and client.stale_events == 0
+        assert client.statistics().handler_errors == 0 and client.stale_events == 0
         assert sim.max_live_sessions == 1
 
         gc.collect()

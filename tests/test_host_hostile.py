@@ -121,7 +121,7 @@ def test_a_corrupt_stored_job_is_skipped_never_a_500(
         r.zadd("waclient:scheduler:due", {bad_id: 0})
         wait_until(lambda: not r.exists(f"waclient:scheduler:job:{bad_id}"), "the drop")
         assert r.zscore("waclient:scheduler:due", bad_id) is None
-    assert host.app.state.host.scheduler.stats()["unreadable"] >= 3
+    assert host.app.state.host.scheduler.statistics().unreadable >= 3
     assert api.get("/scheduled").status_code == 200
 
 

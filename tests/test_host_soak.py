@@ -342,8 +342,7 @@ async def run_host_soak(
     while await host.scheduler.count() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     flushed = await host.outbound.flush(120) and await host.inbound.flush(120)
-    out_stats = host.outbound.stats()
-    worker = host.worker_stats()
+    stats = host.statistics()
     scheduled_sent = host.scheduler.sent
     server.should_exit = True
     await serving
@@ -369,9 +368,9 @@ async def run_host_soak(
         "duplicates_in_redis": len(stored) - len(stored_set),
         "missing_in_redis": len(missing),
         "flushed": flushed,
-        "recorder_out": out_stats.to_dict(),
+        "recorder_out": stats.outbound.to_dict() if stats.outbound else None,
         "max_total_rss_mib": round(max_total_rss / 2**20, 1),
-        "worker": worker,
+        "worker": stats.worker.to_dict() if stats.worker else None,
         "guard_peak_mib": round(host.guard.peak / 2**20, 1),
         "guard_soft_events": host.guard.soft_events,
         "limits": host.limits.to_dict(),

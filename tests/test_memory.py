@@ -336,8 +336,9 @@ async def test_guard_task_checks_until_closed() -> None:
     await asyncio.sleep(0.05)
     assert guard.checks == checks  # the task is gone
     assert seen[0].level == "soft"
-    stats = guard.stats()
-    assert stats["level"] == "soft" and stats["limits"]["soft"] == 100
+    stats = guard.statistics()
+    assert stats.level == "soft" and stats.limits.soft == 100
+    assert stats.to_dict()["limits"]["soft"] == 100
 
 
 async def test_guard_task_survives_a_failing_measure(caplog: pytest.LogCaptureFixture) -> None:

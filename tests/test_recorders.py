@@ -138,7 +138,7 @@ async def test_a_replay_never_duplicates(r: Redis, tmp_path: Path) -> None:
         await recorder.record(rec(i))
     spool.append([(10_000 + i, rec(i).to_bytes()) for i in range(100)])
     assert await recorder.flush(10)
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert stats.written == 100 and stats.duplicates == 150
     assert len(await entries(r, recorder.stream)) == 100
     await recorder.close()
@@ -203,14 +203,14 @@ async def test_down_then_up_spools_and_replays_in_order(
     for i in range(100, 600):
         await recorder.record(rec(i))
     assert not await recorder.flush(0.3)  # nothing can reach Redis now
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert not stats.up and stats.outages == 1 and stats.last_error
     assert stats.buffered <= recorder.memory_bound == 50 + 256 + 50
     assert stats.spooled + stats.buffered == 500 and stats.dropped == 0
     assert stats.down_since is not None
     killable_redis.restart()
     assert await recorder.flush(30)
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert stats.up and stats.spooled == 0 and stats.buffered == 0
     assert stats.written == 600 and stats.replayed >= 400
     got = await entries(redis, recorder.stream)
@@ -245,7 +245,7 @@ async def test_flush_times_out_while_down_and_close_spools_the_rest(
     await again.start()
     assert await again.flush(20)
     assert [e.id for e in await entries(redis, again.stream)] == [f"id{i}" for i in range(300)]
-    assert again.stats().replayed == 300
+    assert again.statistics().replayed == 300
     await again.close()
     await redis.aclose()
 
@@ -258,14 +258,14 @@ async def test_without_spool_memory_is_bounded_and_overflow_is_counted(
     fault_proxy.blackhole(True)
     for i in range(1000):
         await recorder.record(rec(i))
-        assert recorder.stats().buffered <= recorder.memory_bound
-    stats = recorder.stats()
+        assert recorder.statistics().buffered <= recorder.memory_bound
+    stats = recorder.statistics()
     assert stats.dropped + stats.written + stats.buffered == 1000 and stats.dropped > 0
     assert stats.buffered > 0  # without a spool, memory keeps what fits
     fault_proxy.blackhole(False)
     await recorder.record(rec(5000))
     assert await recorder.flush(20)
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert stats.up and stats.dropped + stats.written == 1001
     got = await entries(redis, recorder.stream)
     assert got[-1].id == "id5000" and len(got) == stats.written
@@ -275,7 +275,7 @@ async def test_without_spool_memory_is_bounded_and_overflow_is_counted(
 
 async def test_stats_snapshot_is_a_dict(r: Redis) -> None:
     recorder = OutboundRecorder(r, stream="custom:out", **FAST)
-    d = recorder.stats().to_dict()
+    d = recorder.statistics().to_dict()
     assert d["stream"] == "custom:out" and d["up"] is True
     for key in ("buffered", "spooled", "dropped", "replayed", "written", "duplicates", "outages"):
         assert d[key] == 0
@@ -347,7 +347,7 @@ async def test_close_during_a_hanging_write_keeps_the_batch(
     await asyncio.to_thread(fault_proxy.wait_for, lambda s: s.bytes_dropped > 0)
     assert recorder._inflight and recorder._inflight[0][1].id == "id0"
     await recorder.close(timeout=0.2)
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert stats.dropped == 0 and stats.written == 0
     with Spool(path) as left:
         assert [MessageRecord.from_bytes(p).id for _, p in left.peek(1000)] == [
@@ -376,7 +376,7 @@ async def test_a_failing_spool_counts_and_logs_once(
     for i in range(300):
         await recorder.record(rec(i))  # never raises, never blocks for long
     assert await recorder.flush(10)  # nothing pending: every record was dropped and counted
-    stats = recorder.stats()
+    stats = recorder.statistics()
     assert stats.dropped == 300 and stats.buffered == 0 and stats.written == 0
     failures = [m for m in caplog.messages if "the spool failed" in m]
     assert len(failures) == 1 and "disk is full" in failures[0]
@@ -409,7 +409,7 @@ async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
     killable_redis.kill()
     await recorder.record(rec(1))
     await asyncio.wait_for(eighth_probe.wait(), 60)
-    assert not recorder.stats().up
+    assert not recorder.statistics().up
     # 0.01, doubling, capped at 0.1: a sleep before every probe.
     expected = [0.01, "probe", 0.02, "probe", 0.04, "probe", 0.08, "probe"] + [0.1, "probe"] * 4
     assert steps[:16] == pytest.approx(expected)

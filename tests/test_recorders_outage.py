@@ -177,7 +177,7 @@ async def test_10000_records_through_kills_resets_and_blackhole(
             assert i == TOTAL
             assert await recorder.flush(120)
             sampler.enter("after")
-        stats = recorder.stats()
+        stats = recorder.statistics()
         entries, duplicates = await check_stream(direct, recorder.stream, TOTAL)
         assert entries == TOTAL and await direct.xlen(recorder.stream) == TOTAL
     finally:
@@ -238,7 +238,7 @@ async def test_outage_longer_than_the_spool_is_counted_logged_once_and_survived(
             # A failed batch is counted nowhere while it waits for the spool's lock: wait until
             # every record is accounted for again.
             stats = await eventually(
-                recorder.stats,
+                recorder.statistics,
                 lambda s: s.dropped + s.spooled + s.buffered + s.written == s.recorded,
                 "every record counted as dropped, spooled, buffered or written",
             )
@@ -254,7 +254,7 @@ async def test_outage_longer_than_the_spool_is_counted_logged_once_and_survived(
                 await recorder.record(message(n))
                 n += 1
             assert await recorder.flush(30)
-            stats = recorder.stats()
+            stats = recorder.statistics()
             assert stats.up and stats.spooled == 0 and stats.buffered == 0
             assert stats.written + stats.dropped == n
             assert await redis.xlen(recorder.stream) == stats.written

@@ -143,7 +143,7 @@ async def test_once_fires_exactly_once_and_leaves_nothing(r: Redis) -> None:
     assert await s.tick(T0 + timedelta(minutes=6)) == []
     assert out.sent == [("c1", "ping")]
     assert await ns_keys(r) == []
-    assert s.stats()["sent"] == 1
+    assert s.statistics().sent == 1
 
 
 async def test_cron_is_rearmed_after_firing_and_skips_missed_runs(r: Redis) -> None:
@@ -212,7 +212,7 @@ async def test_runner_start_close(r: Redis) -> None:
         await s.start()  # idempotent
         await asyncio.wait_for(fired.wait(), 30)
     await s.close()  # idempotent
-    assert not s.stats()["running"]
+    assert not s.statistics().running
     assert await ns_keys(r) == []  # close() let the tick that sent it settle it
 
 
@@ -459,7 +459,7 @@ async def test_failed_sends_retry_then_give_up(r: Redis) -> None:
     skipped = await s.get(cron.id)
     assert skipped is not None and skipped.failures == 0
     assert skipped.next_run == T0 + timedelta(hours=2)  # the cron job moves to its next time
-    assert s.stats()["send_failures"] == 6 and s.stats()["last_error"]
+    assert s.statistics().send_failures == 6 and s.statistics().last_error
 
 
 # -- hypothesis: cron and date validation -------------------------------------------------------

@@ -388,15 +388,15 @@ async def test_the_inbox_is_bounded_in_bytes() -> None:
         client.on(MessageEv, slow)
         big = [message_event(text="x" * (20 * KIB), id=f"B{i}") for i in range(20)]
         flood = asyncio.ensure_future(sim.emit(*big))
-        await _until(lambda: client.stats()["inbox_bytes"] > 0)
+        await _until(lambda: client.statistics().inbox_bytes > 0)
         for _ in range(20):
             await asyncio.sleep(0.01)
-            assert client.stats()["inbox_bytes"] <= budget
+            assert client.statistics().inbox_bytes <= budget
         assert not flood.done()  # the Go thread waits: backpressure, not memory
         release.set()
         await flood
         await client.idle()
-        assert client.stats()["inbox_bytes"] == 0
+        assert client.statistics().inbox_bytes == 0
 
 
 SEND_200_MIB = """

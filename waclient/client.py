@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -46,7 +46,14 @@ from waclient.transports import calls
 from waclient.transports.base import EventSink, SentMessage, Transport, TransportError
 from waclient.whatsapp import WhatsApp
 
-__all__ = ["Backoff", "Client", "ClientState", "NotConnectedError", "StateChange"]
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientState",
+    "ClientStats",
+    "NotConnectedError",
+    "StateChange",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,30 @@ class StateChange:
     generation: int
     delay: float | None = None
     """Entering BACKOFF: the seconds until the next attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """What :meth:`Client.statistics` returns: the lifecycle counters at one moment."""
+
+    state: ClientState
+    generation: int
+    """Session attempts begun (each has its own generation; stale events are dropped)."""
+    attempts: int
+    failures_in_a_row: int
+    stale_events: int
+    """Events of an earlier generation, dropped."""
+    handler_errors: int
+    listeners: int
+    listeners_by_type: dict[str, int]
+    inbox: int
+    """Events received and not dispatched yet."""
+    inbox_bytes: int
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the state as its value."""
+        return asdict(self) | {"state": self.state.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,21 +359,21 @@ class Client(WhatsApp):
         if self._inbox is not None:
             await self._inbox.join()
 
-    def stats(self) -> dict[str, Any]:
+    def statistics(self) -> ClientStats:
         """A snapshot of the lifecycle counters, for logs and health endpoints."""
-        return {
-            "state": self.state.value,
-            "generation": self.generation,
-            "attempts": self.attempts,
-            "failures_in_a_row": self.failures,
-            "stale_events": self.stale_events,
-            "handler_errors": self.registry.handler_errors,
-            "listeners": self.registry.count(),
-            "listeners_by_type": self.registry.counts(),
-            "inbox": self._inbox.qsize() if self._inbox is not None else 0,
-            "inbox_bytes": self._budget.statistics().bytes,
-            "last_error": self.last_error,
-        }
+        return ClientStats(
+            state=self.state,
+            generation=self.generation,
+            attempts=self.attempts,
+            failures_in_a_row=self.failures,
+            stale_events=self.stale_events,
+            handler_errors=self.registry.handler_errors,
+            listeners=self.registry.count(),
+            listeners_by_type=self.registry.counts(),
+            inbox=self._inbox.qsize() if self._inbox is not None else 0,
+            inbox_bytes=self._budget.statistics().bytes,
+            last_error=self.last_error,
+        )
 
     # -- the supervisor ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -41,6 +41,7 @@ __all__ = [
     "GuardStatus",
     "MachineMemory",
     "MemoryGuard",
+    "MemoryGuardStats",
     "MemoryLimits",
     "MemorySnapshot",
     "ProcessMemory",
@@ -445,6 +446,26 @@ class GuardStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryGuardStats:
+    """What :meth:`MemoryGuard.statistics` returns."""
+
+    level: GuardLevel
+    shedding: bool
+    used: int | None
+    """Bytes the last check measured (None before the first)."""
+    peak: int
+    soft_events: int
+    hard_triggered: bool
+    checks: int
+    check_interval: float
+    log_interval: float
+    limits: MemoryLimits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # limits as a dict too
+
+
 class MemoryGuard:
     """Watches memory every ``check_interval`` seconds and logs a snapshot every
     ``log_interval`` seconds (0 turns the periodic line off).
@@ -592,19 +613,19 @@ class MemoryGuard:
         self._stop.set()
         await asyncio.gather(task, return_exceptions=True)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "shedding": self.shedding,
-            "used": self.status.used if self.status is not None else None,
-            "peak": self.peak,
-            "soft_events": self.soft_events,
-            "hard_triggered": self.hard_triggered,
-            "checks": self.checks,
-            "check_interval": self.check_interval,
-            "log_interval": self.log_interval,
-            "limits": self.limits.to_dict(),
-        }
+    def statistics(self) -> MemoryGuardStats:
+        return MemoryGuardStats(
+            level=self.level,
+            shedding=self.shedding,
+            used=self.status.used if self.status is not None else None,
+            peak=self.peak,
+            soft_events=self.soft_events,
+            hard_triggered=self.hard_triggered,
+            checks=self.checks,
+            check_interval=self.check_interval,
+            log_interval=self.log_interval,
+            limits=self.limits,
+        )
 
     async def _run(self) -> None:
         stop = self._stop

@@ -25,7 +25,7 @@ chat and the WhatsApp message id. A batch whose reply was lost (reset, timeout, 
 again and its records that did land are skipped and counted as ``duplicates``. See docs/redis.md.
 
 What cannot be kept (the spool is full, or there is no spool) is counted as ``dropped`` in
-:meth:`Recorder.stats` and logged once per outage; the process keeps working.
+:meth:`Recorder.statistics` and logged once per outage; the process keeps working.
 """
 
 from __future__ import annotations
@@ -334,7 +334,7 @@ class Recorder:
         """The handler :meth:`attach` registers: ``record(to_record(event))``."""
         await self.record(self.to_record(event))
 
-    def stats(self) -> RecorderStats:
+    def statistics(self) -> RecorderStats:
         return RecorderStats(
             stream=self.stream,
             up=not self._down,
@@ -574,7 +574,7 @@ class Recorder:
                 self._refusal_logged = True
                 log.error(
                     "recorder %s: %s; dropping records until Redis is back "
-                    "(counted in stats().dropped; this is logged once per outage)",
+                    "(counted in statistics().dropped; this is logged once per outage)",
                     self.stream,
                     where,
                 )

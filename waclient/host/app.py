@@ -51,17 +51,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await host.start()
-        except BaseException:
-            await host.close()
-            raise
-        log.info("host ready on port %d", settings.port)
-        try:
+        async with host:
+            log.info("host ready on port %d", settings.port)
             yield
-        finally:
-            await host.close()
-            log.info("host closed")
+        log.info("host closed")
 
     app = FastAPI(
         title="waclient host",

@@ -7,7 +7,7 @@ cardinality). Everything else is read from the running host when ``/metrics`` is
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -23,9 +23,13 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from waclient.client import ClientState
+from waclient.client import ClientState, ClientStats
+from waclient.memory import MemoryGuardStats, MemorySnapshot
+from waclient.transports import WorkerStats
 
 if TYPE_CHECKING:
+    from waclient.recorders import RecorderStats
+
     from .runtime import Host
 
 __all__ = ["CONTENT_TYPE", "HostMetrics", "MetricsMiddleware"]
@@ -89,134 +93,146 @@ class _HostCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         host = self.host
-        status = host.guard.status
-        g = GaugeMetricFamily
-        yield g(
-            "waclient_memory_used_bytes",
-            "PSS of host and worker, as the guard counts it.",
-            value=status.used if status else 0,
-        )
-        yield g(
-            "waclient_memory_soft_limit_bytes",
-            "Soft limit: sends shed above it.",
-            value=host.limits.soft,
-        )
-        yield g(
-            "waclient_memory_hard_limit_bytes",
-            "Hard limit: graceful restart above it.",
-            value=host.limits.hard,
-        )
-        yield g(
-            "waclient_memory_machine_bytes",
-            "The machine's (or cgroup's) memory.",
-            value=host.limits.machine,
-        )
-        yield g(
-            "waclient_memory_shedding",
-            "1 while new sends are refused for memory.",
-            value=1 if host.guard.shedding else 0,
-        )
-        yield g(
-            "waclient_memory_peak_bytes",
-            "Highest usage a guard check has seen.",
-            value=host.guard.peak,
-        )
-        current = host.snapshot()
-        yield g("waclient_python_blocks", "sys.getallocatedblocks()", value=current.py_blocks)
-        yield g("waclient_open_fds", "Open file descriptors of the host.", value=current.fds)
-        yield g("waclient_threads", "OS threads of the host.", value=current.threads)
-        yield g(
-            "waclient_asyncio_tasks", "asyncio tasks of the host's loop.", value=current.tasks or 0
-        )
-        rss = g("waclient_worker_rss_bytes", "RSS of the isolated worker.", labels=["pid"])
-        for w in current.workers:
-            rss.add_metric([str(w.pid)], w.rss)
-        yield rss
-        listeners = g("waclient_listeners", "Live handlers per event type.", labels=["event"])
-        for name, count in sorted(current.listeners.items()):
-            listeners.add_metric([name], count)
-        yield listeners
-
-        client = host.client
-        state = g("waclient_client_state", "1 for the client's current state.", labels=["state"])
-        for s in ClientState:
-            state.add_metric([s.value], 1 if client is not None and client.state is s else 0)
-        yield state
-        if client is not None:
+        stats = host.statistics()
+        yield from _memory(stats.guard, host.snapshot())
+        yield from _client(stats.client, stats.worker)
+        yield from _recorders(stats.recorders)
+        if stats.scheduler is not None:
             yield CounterMetricFamily(
-                "waclient_client_attempts", "Session attempts.", value=client.attempts
-            )
-            yield g(
-                "waclient_client_failures_in_a_row",
-                "Attempts in a row that failed.",
-                value=client.failures,
-            )
-            yield CounterMetricFamily(
-                "waclient_client_handler_errors",
-                "Handlers that raised.",
-                value=client.registry.handler_errors,
-            )
-        worker = host.worker_stats()
-        if worker is not None:
-            yield CounterMetricFamily(
-                "waclient_worker_recycles", "Worker recycles.", value=worker.get("recycles", 0)
-            )
-            yield CounterMetricFamily(
-                "waclient_worker_crashes", "Worker crashes.", value=worker.get("crashes", 0)
-            )
-
-        names = ("buffered", "spooled", "dropped", "written", "duplicates", "replayed", "outages")
-        gauges = {"buffered", "spooled"}
-        families = {
-            n: (g if n in gauges else CounterMetricFamily)(
-                f"waclient_recorder_{n}", f"Recorder {n} records (outages: count).", labels=["dir"]
-            )
-            for n in names
-        }
-        up = g(
-            "waclient_recorder_redis_up",
-            "1 while the recorder's Redis writes work.",
-            labels=["dir"],
-        )
-        for rec in (host.inbound, host.outbound):
-            if rec is None:
-                continue
-            st = rec.stats()
-            for n in names:
-                families[n].add_metric([rec.direction], getattr(st, n))
-            up.add_metric([rec.direction], 1 if st.up else 0)
-        yield from families.values()
-        yield up
-        if host.scheduler is not None:
-            st2 = host.scheduler.stats()
-            yield CounterMetricFamily(
-                "waclient_scheduler_sent", "Scheduled messages sent.", value=st2["sent"]
+                "waclient_scheduler_sent", "Scheduled messages sent.", value=stats.scheduler.sent
             )
             yield CounterMetricFamily(
                 "waclient_scheduler_send_failures",
                 "Scheduled sends that failed.",
-                value=st2["send_failures"],
+                value=stats.scheduler.send_failures,
             )
         yield CounterMetricFamily(
             "waclient_rate_limited",
             "Requests refused with 429 by a key's send or scheduling bucket.",
-            value=host.send_limiter.limited + host.schedule_limiter.limited,
+            value=stats.rate_limited,
         )
-        if host.http_guard is not None:
+        if stats.http is not None:
             refused = CounterMetricFamily(
                 "waclient_http_refused",
                 "Connections and requests the HTTP guard refused, by reason.",
                 labels=["reason"],
             )
-            for reason, count in host.http_guard.to_dict().items():
+            for reason, count in stats.http.to_dict().items():
                 if reason != "clients":
                     refused.add_metric([reason], count)
             yield refused
         yield CounterMetricFamily(
             "waclient_scheduled_sends_paced",
             "Scheduled sends that waited for a token of the number's outbound budget.",
-            value=host.send_budget.waited,
+            value=stats.scheduled_sends_paced,
         )
+
+
+def _memory(guard: MemoryGuardStats, current: MemorySnapshot) -> Iterator[Metric]:
+    g = GaugeMetricFamily
+    yield g(
+        "waclient_memory_used_bytes",
+        "PSS of host and worker, as the guard counts it.",
+        value=guard.used or 0,
+    )
+    yield g(
+        "waclient_memory_soft_limit_bytes",
+        "Soft limit: sends shed above it.",
+        value=guard.limits.soft,
+    )
+    yield g(
+        "waclient_memory_hard_limit_bytes",
+        "Hard limit: graceful restart above it.",
+        value=guard.limits.hard,
+    )
+    yield g(
+        "waclient_memory_machine_bytes",
+        "The machine's (or cgroup's) memory.",
+        value=guard.limits.machine,
+    )
+    yield g(
+        "waclient_memory_shedding",
+        "1 while new sends are refused for memory.",
+        value=1 if guard.shedding else 0,
+    )
+    yield g(
+        "waclient_memory_peak_bytes",
+        "Highest usage a guard check has seen.",
+        value=guard.peak,
+    )
+    yield g("waclient_python_blocks", "sys.getallocatedblocks()", value=current.py_blocks)
+    yield g("waclient_open_fds", "Open file descriptors of the host.", value=current.fds)
+    yield g("waclient_threads", "OS threads of the host.", value=current.threads)
+    yield g("waclient_asyncio_tasks", "asyncio tasks of the host's loop.", value=current.tasks or 0)
+    rss = g("waclient_worker_rss_bytes", "RSS of the isolated worker.", labels=["pid"])
+    for w in current.workers:
+        rss.add_metric([str(w.pid)], w.rss)
+    yield rss
+    listeners = g("waclient_listeners", "Live handlers per event type.", labels=["event"])
+    for name, count in sorted(current.listeners.items()):
+        listeners.add_metric([name], count)
+    yield listeners
+
+
+def _client(client: ClientStats | None, worker: WorkerStats | None) -> Iterator[Metric]:
+    g = GaugeMetricFamily
+    state = g("waclient_client_state", "1 for the client's current state.", labels=["state"])
+    for s in ClientState:
+        state.add_metric([s.value], 1 if client is not None and client.state is s else 0)
+    yield state
+    if client is not None:
+        yield CounterMetricFamily(
+            "waclient_client_attempts", "Session attempts.", value=client.attempts
+        )
+        yield g(
+            "waclient_client_failures_in_a_row",
+            "Attempts in a row that failed.",
+            value=client.failures_in_a_row,
+        )
+        yield CounterMetricFamily(
+            "waclient_client_handler_errors",
+            "Handlers that raised.",
+            value=client.handler_errors,
+        )
+    if worker is not None:
+        yield CounterMetricFamily(
+            "waclient_worker_recycles", "Worker recycles.", value=worker.recycles
+        )
+        yield CounterMetricFamily(
+            "waclient_worker_crashes", "Worker crashes.", value=worker.crashes
+        )
+
+
+_RECORDER_COUNTS = (
+    "buffered",
+    "spooled",
+    "dropped",
+    "written",
+    "duplicates",
+    "replayed",
+    "outages",
+)
+_RECORDER_GAUGES = frozenset({"buffered", "spooled"})
+
+
+def _recorders(recorders: dict[str, RecorderStats]) -> Iterator[Metric]:
+    families = {
+        n: (GaugeMetricFamily if n in _RECORDER_GAUGES else CounterMetricFamily)(
+            f"waclient_recorder_{n}", f"Recorder {n} records (outages: count).", labels=["dir"]
+        )
+        for n in _RECORDER_COUNTS
+    }
+    up = GaugeMetricFamily(
+        "waclient_recorder_redis_up",
+        "1 while the recorder's Redis writes work.",
+        labels=["dir"],
+    )
+    for direction, st in recorders.items():
+        for n in _RECORDER_COUNTS:
+            families[n].add_metric([direction], getattr(st, n))
+        up.add_metric([direction], 1 if st.up else 0)
+    yield from families.values()
+    yield up
 
 
 class MetricsMiddleware:

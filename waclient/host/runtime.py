@@ -10,13 +10,16 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
-from waclient.client import Backoff, Client
+from waclient.client import Backoff, Client, ClientStats
 from waclient.memory import (
     GuardStatus,
     MemoryGuard,
+    MemoryGuardStats,
     MemoryLimits,
     MemorySnapshot,
     derive_limits,
@@ -25,10 +28,9 @@ from waclient.memory import (
     process_memory,
     take_snapshot,
 )
-from waclient.transports import Transport
+from waclient.transports import IsolatedTransport, Transport, WorkerStats
 
 from .config import Settings
-from .http_guard import GuardStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
@@ -36,16 +38,46 @@ from .readiness import ReadinessProbe
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from waclient.recorders import InboundRecorder, OutboundRecorder
+    from waclient.recorders import InboundRecorder, OutboundRecorder, Recorder, RecorderStats
     from waclient.redis import RedisHealth
-    from waclient.scheduler import Scheduler
+    from waclient.scheduler import Scheduler, SchedulerStats
+    from waclient.spool import Spool
 
-__all__ = ["Host", "build_transport", "worker_budget"]
+    from .http_guard import GuardStats, HttpGuardStats
+
+__all__ = ["Host", "HostStats", "build_transport", "worker_budget"]
 
 log = logging.getLogger("waclient.host")
 
+R = TypeVar("R", bound="Recorder")
+
 MAX_WORKER_BUDGET = 150 * 2**20
 WORKER_BUDGET_FRACTION = 0.40
+
+
+@dataclass(frozen=True, slots=True)
+class HostStats:
+    """What :meth:`Host.statistics` returns; None for a component the host does not run."""
+
+    client: ClientStats | None
+    worker: WorkerStats | None
+    """The isolated transport's worker."""
+    inbound: RecorderStats | None
+    outbound: RecorderStats | None
+    scheduler: SchedulerStats | None
+    guard: MemoryGuardStats
+    http: HttpGuardStats | None
+    """The HTTP guard's refusals, once :func:`.http_guard.server_config` serves the app."""
+    rate_limited: int
+    """Requests refused with 429 by a key's send or scheduling bucket."""
+    scheduled_sends_paced: int
+    """Scheduled sends that waited for a token of the number's outbound budget."""
+
+    @property
+    def recorders(self) -> dict[str, RecorderStats]:
+        """The recorders' statistics by direction ("in", "out")."""
+        pairs = (("in", self.inbound), ("out", self.outbound))
+        return {direction: st for direction, st in pairs if st is not None}
 
 
 def worker_budget(settings: Settings, machine: int) -> int:
@@ -132,6 +164,7 @@ class Host:
         self.inbound: InboundRecorder | None = None
         self.outbound: OutboundRecorder | None = None
         self.scheduler: Scheduler | None = None
+        self._stack: AsyncExitStack | None = None
         self.guard = MemoryGuard(
             self.limits,
             measure=self.memory_used,
@@ -158,8 +191,8 @@ class Host:
     # -- memory ----------------------------------------------------------------------------
 
     def worker_pids(self) -> list[int]:
-        pid = getattr(self.transport, "worker_pid", None)
-        return [pid] if isinstance(pid, int) else []
+        pid = self.transport.worker_pid if isinstance(self.transport, IsolatedTransport) else None
+        return [pid] if pid is not None else []
 
     def memory_used(self) -> int:
         """PSS of this process plus the worker's (RSS where PSS cannot be read)."""
@@ -176,18 +209,20 @@ class Host:
             registry=registry, worker_pids=self.worker_pids(), gc_objects=gc_objects
         )
 
-    def worker_stats(self) -> dict[str, Any] | None:
-        stats = getattr(self.transport, "stats", None)
-        if stats is None or not callable(stats):
-            return None
-        value = stats()
-        if hasattr(value, "__dataclass_fields__"):
-            out: dict[str, Any] = {
-                name: getattr(value, name) for name in value.__dataclass_fields__
-            }
-            out["rss_budget"] = getattr(self.transport, "rss_budget", None)
-            return out
-        return None
+    def statistics(self) -> HostStats:
+        """Every component's :meth:`statistics`, read together (``/metrics``, ``/health/*``)."""
+        transport = self.transport
+        return HostStats(
+            client=self.client.statistics() if self.client is not None else None,
+            worker=transport.statistics() if isinstance(transport, IsolatedTransport) else None,
+            inbound=self.inbound.statistics() if self.inbound is not None else None,
+            outbound=self.outbound.statistics() if self.outbound is not None else None,
+            scheduler=self.scheduler.statistics() if self.scheduler is not None else None,
+            guard=self.guard.statistics(),
+            http=self.http_guard.statistics() if self.http_guard is not None else None,
+            rate_limited=self.send_limiter.limited + self.schedule_limiter.limited,
+            scheduled_sends_paced=self.send_budget.waited,
+        )
 
     def _on_hard(self, status: GuardStatus) -> None:
         self.exit_code = 3
@@ -196,52 +231,96 @@ class Host:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def start(self) -> None:
+        """Open every component on one :class:`~contextlib.AsyncExitStack`; if one fails, the
+        ones opened before it are closed (in reverse order) and the error propagates."""
+        if self._stack is not None:
+            raise RuntimeError("host already started")
+        async with AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()
+
+    async def close(self) -> None:
+        """Leave the stack: every component closes in the reverse of the order it was opened
+        in (the guard, the scheduler, the client, the recorders, their spools, Redis), so work
+        stops being taken before what it writes to goes away. Spooled records stay on disk.
+        Idempotent."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        """What :meth:`start` enters, in order. Each component is pushed right after it is
+        opened, so the stack's close order is the reverse of this one by construction."""
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
         transport = self._transport_override or build_transport(s, self.machine.total)
         self.transport = transport
-        self.client = Client(
+        client = Client(
             transport,
             backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
             max_failures=s.max_failures,
         )
+        self.client = client
         if s.redis_url is not None:
-            from waclient.recorders import InboundRecorder, OutboundRecorder
-            from waclient.redis import RedisHealth, open_redis
-            from waclient.scheduler import Scheduler
-
-            self.redis = open_redis(s.redis_url, client_name=f"waclient-host-{s.session_name}")
-            self.redis_health = RedisHealth(self.redis, timeout=1.0)
-            common: dict[str, Any] = {
-                "key_prefix": s.session_name,
-                "max_buffer": s.recorder_buffer,
-            }
-            self.inbound = InboundRecorder(self.redis, spool=self._spool("in"), **common)
-            self.outbound = OutboundRecorder(self.redis, spool=self._spool("out"), **common)
-            self.inbound.attach(self.client)
-            self.outbound.attach(self.client)
-            await self.inbound.start()
-            await self.outbound.start()
-            self.scheduler = Scheduler(
-                self.redis,
-                self.client.send_text,
-                namespace=f"{s.session_name}:scheduler",
-                max_jobs_per_session=s.max_scheduled,
-                max_text_length=s.max_text_length,
-                poll_interval=s.scheduler_poll,
-                min_interval=s.cron_min_interval,
-                pacer=self.send_budget,
-            )
-            await self.scheduler.start()
+            await self._open_redis(stack, client, s.redis_url)
         else:
             log.warning("REDIS_URL is not set: no recorders, no scheduler")
+        await stack.enter_async_context(client)
+        if self.scheduler is not None:
+            await stack.enter_async_context(self.scheduler)
         self.guard.check()
         await self.guard.start()
-        await self.client.start()
+        stack.push_async_callback(self.guard.close)
 
-    def _spool(self, direction: str) -> Any:
+    async def _open_redis(self, stack: AsyncExitStack, client: Client, url: str) -> None:
+        """Redis, then the recorders (each with its spool) attached to ``client``; builds the
+        scheduler, which :meth:`_open` enters once the client runs."""
+        from waclient.recorders import InboundRecorder, OutboundRecorder
+        from waclient.redis import RedisHealth, open_redis
+        from waclient.scheduler import Scheduler
+
+        s = self.settings
+        redis = open_redis(url, client_name=f"waclient-host-{s.session_name}")
+        self.redis = redis
+        stack.push_async_callback(_close_quietly, redis)
+        self.redis_health = RedisHealth(redis, timeout=1.0)
+        self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis, client)
+        self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis, client)
+        self.scheduler = Scheduler(
+            redis,
+            client.send_text,
+            namespace=f"{s.session_name}:scheduler",
+            max_jobs_per_session=s.max_scheduled,
+            max_text_length=s.max_text_length,
+            poll_interval=s.scheduler_poll,
+            min_interval=s.cron_min_interval,
+            pacer=self.send_budget,
+        )
+
+    async def _open_recorder(
+        self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis, client: Client
+    ) -> R:
+        """A recorder of ``kind`` on its own spool, attached to ``client`` and started; the
+        stack closes the recorder (it spools what it could not write), then the spool."""
+        s = self.settings
+        spool = self._spool(direction)
+        stack.push_async_callback(_close_spool, spool)
+        recorder = kind(redis, spool=spool, key_prefix=s.session_name, max_buffer=s.recorder_buffer)
+        recorder.attach(client)
+        await recorder.start()
+        stack.push_async_callback(recorder.close, s.shutdown_timeout / 2)
+        return recorder
+
+    def _spool(self, direction: str) -> Spool:
         from waclient.spool import Spool
 
         s = self.settings
@@ -251,27 +330,19 @@ class Host:
             max_bytes=s.spool_max_bytes,
         )
 
-    async def close(self) -> None:
-        """Stop taking work, then close in reverse order; spooled records stay on disk."""
-        await self.guard.close()
-        if self.scheduler is not None:
-            await self.scheduler.close()
-        if self.client is not None:
-            await self.client.close()
-        timeout = self.settings.shutdown_timeout / 2
-        for recorder in (self.inbound, self.outbound):
-            if recorder is not None:
-                await recorder.close(timeout)
-                spool = recorder.spool
-                if spool is not None and not spool.closed:
-                    await asyncio.to_thread(spool.close)
-        if self.redis is not None:
-            with contextlib.suppress(Exception):
-                await self.redis.aclose()
-
     # -- views -----------------------------------------------------------------------------
 
     @property
     def spools(self) -> list[Path]:
         s = self.settings
         return [s.session_dir / f"spool-{d}.sqlite" for d in ("in", "out")]
+
+
+async def _close_spool(spool: Spool) -> None:
+    if not spool.closed:
+        await asyncio.to_thread(spool.close)
+
+
+async def _close_quietly(redis: Redis) -> None:
+    with contextlib.suppress(Exception):
+        await redis.aclose()

@@ -71,6 +71,11 @@ class WorkerStats:
     crashes: int
     hangs: int
     failed_attempts_since_start: int
+    rss_budget: int | None
+    """The RSS past which the worker is recycled between attempts (None: no budget)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class IsolatedTransport:
@@ -222,7 +227,7 @@ class IsolatedTransport:
         """Requests sent to the worker and not answered yet."""
         return len(self._pending)
 
-    def stats(self) -> WorkerStats:
+    def statistics(self) -> WorkerStats:
         return WorkerStats(
             pid=self.worker_pid,
             rss=self.worker_rss,
@@ -232,6 +237,7 @@ class IsolatedTransport:
             crashes=self.crashes,
             hangs=self.hangs,
             failed_attempts_since_start=self._failed_since_start,
+            rss_budget=self.rss_budget,
         )
 
     # -- a session ----------------------------------------------------------------------------

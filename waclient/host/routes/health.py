@@ -70,11 +70,12 @@ def router(settings: Settings) -> APIRouter:
         gc_objects: bool = Query(False, description="Count gc-tracked objects (slower)."),
     ) -> dict[str, Any]:
         snap = host.snapshot(gc_objects=gc_objects)
+        stats = host.statistics()
         return {
             "snapshot": snap.to_dict(),
-            "guard": host.guard.stats(),
+            "guard": stats.guard.to_dict(),
             "listeners": dict(snap.listeners),
-            "worker": host.worker_stats(),
+            "worker": stats.worker.to_dict() if stats.worker is not None else None,
         }
 
     @r.get(
@@ -98,17 +99,13 @@ def router(settings: Settings) -> APIRouter:
                 "failures": status.failures,
                 "changed_at": status.changed_at,
             }
-        recorders = {
-            rec.direction: rec.stats().to_dict()
-            for rec in (host.inbound, host.outbound)
-            if rec is not None
-        }
+        stats = host.statistics()
         return {
             "configured": host.redis is not None,
             "up": up,
             "probe": probe,
-            "recorders": recorders,
-            "scheduler": host.scheduler.stats() if host.scheduler is not None else None,
+            "recorders": {d: st.to_dict() for d, st in stats.recorders.items()},
+            "scheduler": stats.scheduler.to_dict() if stats.scheduler is not None else None,
         }
 
     metrics_deps = [] if settings.metrics_public else [Depends(require_key)]

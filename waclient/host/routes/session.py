@@ -59,19 +59,19 @@ def router(settings: Settings) -> APIRouter:
         responses=error_responses(401),
     )
     async def session(host: HostDep, _key: KeyDep) -> dict[str, Any]:
-        client = host.client
-        stats = client.stats() if client is not None else {}
+        stats = host.statistics()
+        client = stats.client
         return {
-            "state": stats.get("state", "stopped"),
-            "connected": bool(client is not None and client.connected),
+            "state": client.state.value if client is not None else "stopped",
+            "connected": bool(host.client is not None and host.client.connected),
             "transport": settings.transport,
             "qr_available": _latest_qr(host) is not None,
             "pair_code_supported": _pairer(host) is not None,
-            "generation": stats.get("generation", 0),
-            "attempts": stats.get("attempts", 0),
-            "failures_in_a_row": stats.get("failures_in_a_row", 0),
-            "last_error": stats.get("last_error"),
-            "worker": host.worker_stats(),
+            "generation": client.generation if client is not None else 0,
+            "attempts": client.attempts if client is not None else 0,
+            "failures_in_a_row": client.failures_in_a_row if client is not None else 0,
+            "last_error": client.last_error if client is not None else None,
+            "worker": stats.worker.to_dict() if stats.worker is not None else None,
         }
 
     @r.get(
