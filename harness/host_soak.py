@@ -91,9 +91,9 @@ def host_rig(
     seed: int = 1,
     summary_path: str | None = None,
 ) -> Iterator[Any]:
-    """Redis + fault proxy here, the host and the load in processes of their own; yields the
-    :class:`~harness.model.Workload`. After the ``with`` block: the checks; their problems
-    raise ``RuntimeError`` (and the summary goes to ``summary_path`` as JSON first)."""
+    """The fault, host and load processes; yields the :class:`~harness.model.Workload` that
+    drives them. After the cycles: the checks (:func:`problems_of`); problems raise
+    ``RuntimeError`` (after the summary went to ``summary_path`` as JSON, when given)."""
     import redis as redis_sync
 
     from harness.model import Workload
