@@ -13,6 +13,12 @@ def _install(session: nox.Session, extras: str) -> None:
     session.install("-e", f".[{extras}]")
 
 
+def _install_soak(session: nox.Session) -> None:
+    """The harness, and for the `host` scenario the host and the HTTP client of its load."""
+    _install(session, "harness,host")
+    session.install("httpx>=0.27")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite, against a real Redis server started by the fixtures."""
@@ -65,7 +71,7 @@ def soak(session: nox.Session) -> None:
     import shutil
     from pathlib import Path
 
-    _install(session, "harness")
+    _install_soak(session)
     baseline: list[str] = []
     if Path("soak-report").is_dir():
         shutil.rmtree("soak-report-previous", ignore_errors=True)
@@ -80,7 +86,7 @@ def soak(session: nox.Session) -> None:
 @nox.session(name="soak-long")
 def soak_long(session: nox.Session) -> None:
     """The same scenarios with thousands of cycles each (not a default session)."""
-    _install(session, "harness")
+    _install_soak(session)
     session.run(
         "python", "-m", "harness", "suite", "--long", "--report", "soak-report-long",
         *session.posargs,

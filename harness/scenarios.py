@@ -22,6 +22,10 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 - ``media-churn``: the WhatsApp surface through ``IsolatedTransport`` (simulated worker): a
   256 KiB image sent, a reaction, a reply, a 256 KiB inbound media message downloaded and a
   group queried per cycle.
+- ``host``: the host (``waclient.host``) under uvicorn in a process of its own, a real Redis
+  behind a fault proxy (cut every 100 cycles), ordinary and hostile HTTP load from a second
+  process, the isolated worker's session reconnected every cycle (:mod:`harness.host_soak`);
+  its channels are the host process's and its worker's.
 - ``mutant-*``: :mod:`harness.mutants`, the incident's bugs; each must be reported leaking.
 """
 
@@ -230,7 +234,7 @@ class _CountedTransport:
         await self.inner.close()
 
 
-# -- Redis ----------------------------------------------------------------------------------------
+# -- Redis -----------------------------------------------------------------------------------------
 
 
 @scenario(
@@ -352,7 +356,7 @@ async def scheduler_churn() -> AsyncIterator[Workload]:
 # -- resolution ------------------------------------------------------------------------------------
 
 
-# -- the WhatsApp surface -------------------------------------------------------------------------
+# -- the WhatsApp surface --------------------------------------------------------------------------
 
 
 @scenario("media-churn", cycles=2000, warmup=200, suite_cycles=1000, long_cycles=5000, timeout=900)
@@ -363,10 +367,34 @@ async def media_churn() -> AsyncIterator[Workload]:
         yield workload
 
 
+# -- the host --------------------------------------------------------------------------------------
+
+
+@scenario(
+    "host",
+    cycles=2000,
+    # A fresh host fills its allocator arenas, caches and pools for a few hundred requests
+    # (and its first outages): that is not a trend.
+    warmup=400,
+    suite_cycles=1000,
+    long_cycles=10_000,
+    timeout=1800,
+    # memray would track this process (the driver), not the host's: no tracked cycles.
+    memray=False,
+    requires=("fastapi", "uvicorn", "httptools", "httpx", "redis", "redis-server"),
+)
+def host() -> Iterator[Workload]:
+    """The host under uvicorn, its worker reconnected every cycle, Redis cut, hostile load."""
+    from harness.host_soak import host_rig
+
+    with host_rig(summary_path=os.environ.get("WACLIENT_HOST_SOAK_SUMMARY")) as workload:
+        yield workload
+
+
 def builtin_scenarios() -> dict[str, Scenario]:
     """Every built-in scenario by name, mutants included, in suite order."""
     found = [reconnect, burst, redis_outage, scheduler_churn, neonize_storm_raw]
-    found += [neonize_storm_isolated, media_churn, *mutants.MUTANTS]
+    found += [neonize_storm_isolated, media_churn, host, *mutants.MUTANTS]
     return {s.name: s for s in found}
 
 
