@@ -73,13 +73,17 @@ class Spool:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # One cursor for every statement: sqlite3 keeps a weak reference to each cursor a
+        # connection makes and drops the dead ones only every 200 cursors, a slow sawtooth that
+        # a soak sees as growth for thousands of cycles.
+        cur = conn.cursor()
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-            conn.execute("PRAGMA journal_size_limit=4194304")
-            conn.execute(_SCHEMA)
-            count, size, top = conn.execute(
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+            cur.execute("PRAGMA journal_size_limit=4194304")
+            cur.execute(_SCHEMA)
+            count, size, top = cur.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(MAX(seq), 0) "
                 "FROM spool"
             ).fetchone()
@@ -87,6 +91,7 @@ class Spool:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._cur = cur
         self._count = int(count)
         self._bytes = int(size)
         self._top = int(top)
@@ -122,7 +127,7 @@ class Spool:
         are refused (so what is kept is a prefix, and no gap opens inside a batch).
         """
         with self._lock:
-            conn = self._live()
+            cur = self._live()
             rows: list[tuple[int, bytes]] = []
             count, size, top = self._count, self._bytes, self._top
             offered = 0
@@ -144,8 +149,8 @@ class Spool:
                 top = max(top, seq)
             refused = offered - len(rows)
             if rows:
-                with _transaction(conn):
-                    conn.executemany("INSERT INTO spool (seq, payload) VALUES (?, ?)", rows)
+                with _transaction(cur):
+                    cur.executemany("INSERT INTO spool (seq, payload) VALUES (?, ?)", rows)
                 self._count, self._bytes, self._top = count, size, top
             self.refused += refused
             return AppendResult(accepted=len(rows), refused=refused)
@@ -155,8 +160,8 @@ class Spool:
         if n < 1:
             return []
         with self._lock:
-            conn = self._live()
-            rows = conn.execute(
+            cur = self._live()
+            rows = cur.execute(
                 "SELECT seq, payload FROM spool ORDER BY seq LIMIT ?", (n,)
             ).fetchall()
         return [(int(seq), bytes(payload)) for seq, payload in rows]
@@ -164,18 +169,18 @@ class Spool:
     def ack(self, upto_seq: int) -> int:
         """Remove every record with ``seq <= upto_seq``; return how many went."""
         with self._lock:
-            conn = self._live()
-            with _transaction(conn):
-                count, size = conn.execute(
+            cur = self._live()
+            with _transaction(cur):
+                count, size = cur.execute(
                     "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM spool WHERE seq <= ?",
                     (upto_seq,),
                 ).fetchone()
                 if count:
-                    conn.execute("DELETE FROM spool WHERE seq <= ?", (upto_seq,))
+                    cur.execute("DELETE FROM spool WHERE seq <= ?", (upto_seq,))
             self._count -= int(count)
             self._bytes -= int(size)
             if self._count == 0:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return int(count)
 
     def close(self) -> None:
@@ -183,6 +188,7 @@ class Spool:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
+            self._cur.close()
             conn.close()
 
     def __enter__(self) -> Self:
@@ -204,10 +210,11 @@ class Spool:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _live(self) -> sqlite3.Connection:
+    def _live(self) -> sqlite3.Cursor:
+        """The spool's one cursor (callers hold the lock)."""
         if self._conn is None:
             raise SpoolClosedError(f"spool {str(self.path)!r} is closed")
-        return self._conn
+        return self._cur
 
     def _fits(self, nbytes: int, count: int | None = None, size: int | None = None) -> bool:
         count = self._count if count is None else count
@@ -220,11 +227,11 @@ class Spool:
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (autocommit connection)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self.cur = cur
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.cur.execute("BEGIN IMMEDIATE")
 
     def __exit__(
         self,
@@ -232,4 +239,4 @@ class _transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        self.cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
