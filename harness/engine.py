@@ -446,8 +446,18 @@ class _Run:
     # -- between the phases ---------------------------------------------------------------------
 
     def begin(self, workload: Workload) -> None:
-        """After setup: build the channels, freeze what exists, prepare warm-up sampling."""
+        """After setup: import what comes later, build the channels, freeze what exists.
+
+        The analysis's scipy (tens of MiB) and memray are imported before the warm-up, whose
+        cycles absorb what importing them leaves settling (freed pages, arenas) before
+        anything is measured.
+        """
         cfg = self.cfg
+        import scipy.stats  # noqa: F401
+
+        if cfg.memray:
+            with contextlib.suppress(ImportError):
+                import memray  # noqa: F401
         self.workload_notes = workload.notes
         base = default_probes([*self.registries, *workload.registries])
         try:
@@ -475,11 +485,6 @@ class _Run:
         # would be a step in the heap. At most 4 x MAX_SAMPLES of them.
         extended = cfg.max_cycles - cfg.warmup + cfg.tracked_cycles
         self.every = max(plan.every, math.ceil(extended / (4 * Sampler.MAX_SAMPLES)))
-        import scipy.stats  # noqa: F401 - imported now, not in the middle of the measured cycles
-
-        if cfg.memray:
-            with contextlib.suppress(ImportError):
-                import memray  # noqa: F401
         if cfg.collect:
             freeze()  # the warm-up's survivors join the frozen generation
         room = extended // self.every + 16
