@@ -16,7 +16,7 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 - ``neonize-storm-isolated``: the same storm through ``IsolatedTransport`` (neonize in a worker
   process, recycled on a memory budget): the parent stays bounded.
 - ``redis-outage``: a Client with the inbound recorder on a real redis-server that is killed
-  and restarted every 100 cycles; records go to the bounded buffer and the spool, then drain.
+  and restarted every 10 cycles; records go to the bounded buffer and the spool, then drain.
 - ``scheduler-churn``: scheduled messages created, fired through the Client and cancelled, on
   a real redis-server.
 - ``mutant-*``: :mod:`harness.mutants`, the incident's bugs; each must be reported leaking.
