@@ -876,24 +876,21 @@ def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
 
 
 def gc_type_counts() -> dict[str, int]:
-    """Live gc-tracked objects per type (``module.qualname``), frozen ones included."""
+    """Live gc-tracked objects per type (``module.qualname``), frozen ones left out.
+
+    The soak freezes everything before its measured cycles, so this counts what they created
+    and kept: the types that grew. Not unfreezing keeps it cheap and small: a list of every
+    object in a large process is megabytes, and a transient allocation that size moves glibc's
+    dynamic mmap and trim thresholds, which shows as rss moving long after.
+    """
     import gc
     from collections import Counter
 
-    from harness.probes import freeze
-
-    frozen = gc.get_freeze_count()
-    if frozen:
-        gc.unfreeze()
-    try:
-        counts: dict[str, int] = {}
-        for t, n in Counter(map(type, gc.get_objects())).items():
-            key = f"{t.__module__}.{t.__qualname__}"
-            counts[key] = counts.get(key, 0) + n
-        return counts
-    finally:
-        if frozen:
-            freeze()
+    counts: dict[str, int] = {}
+    for t, n in Counter(map(type, gc.get_objects())).items():
+        key = f"{t.__module__}.{t.__qualname__}"
+        counts[key] = counts.get(key, 0) + n
+    return counts
 
 
 def type_growth(

@@ -305,6 +305,8 @@ class _Run:
         self.deadline = self.started + cfg.timeout if cfg.timeout else math.inf
         self.seconds = {"warm-up": 0.0, "measured": 0.0, "tracked": 0.0}
         self.every = 1
+        self.awaits: bool | None = None
+        """Whether cycles return awaitables: known after the first cycle."""
         self.done = 0
         """Cycles decided on: the warm-up and the measured cycles run so far."""
         self.warm_series: dict[str, tuple[Any, Any]] = {}
@@ -351,7 +353,9 @@ class _Run:
         """THE cycle loop: run cycles ``start..stop``, sample, tick; awaitables are yielded.
 
         The inner loop runs the ``every`` cycles between two samples and nothing else: the
-        sample, the progress tick and the deadline come between those runs.
+        sample, the progress tick and the deadline come between those runs. The first cycle
+        of the soak tells whether cycles return awaitables; a cycle that returns none runs in
+        a loop that does not look at what it returns.
         """
         sampler = self.sampler
         assert sampler is not None
@@ -364,10 +368,21 @@ class _Run:
         try:
             for run_start in range(start, stop, every):
                 run_stop = min(run_start + every, stop)
-                for i in range(run_start, run_stop):
+                i = run_start
+                if self.awaits is None:
                     r = cycle(i)
-                    if r is not None and isawaitable(r):
+                    self.awaits = r is not None and isawaitable(r)
+                    if self.awaits:
                         yield r
+                    i += 1
+                if self.awaits:
+                    for i in range(i, run_stop):  # noqa: B020 - i is the failing cycle's index
+                        r = cycle(i)
+                        if r is not None:
+                            yield r
+                else:
+                    for i in range(i, run_stop):  # noqa: B020
+                        cycle(i)
                 sample(run_stop)
                 if i >= tick_at:
                     tick_at = self._tick(phase, i, start, stop)
@@ -446,8 +461,18 @@ class _Run:
     # -- between the phases ---------------------------------------------------------------------
 
     def begin(self, workload: Workload) -> None:
-        """After setup: build the channels, freeze what exists, prepare warm-up sampling."""
+        """After setup: import what comes later, build the channels, freeze what exists.
+
+        The analysis's scipy (tens of MiB) and memray are imported before the warm-up, whose
+        cycles absorb what importing them leaves settling (freed pages, arenas) before
+        anything is measured.
+        """
         cfg = self.cfg
+        import scipy.stats  # noqa: F401
+
+        if cfg.memray:
+            with contextlib.suppress(ImportError):
+                import memray  # noqa: F401
         self.workload_notes = workload.notes
         base = default_probes([*self.registries, *workload.registries])
         try:
@@ -475,11 +500,6 @@ class _Run:
         # would be a step in the heap. At most 4 x MAX_SAMPLES of them.
         extended = cfg.max_cycles - cfg.warmup + cfg.tracked_cycles
         self.every = max(plan.every, math.ceil(extended / (4 * Sampler.MAX_SAMPLES)))
-        import scipy.stats  # noqa: F401 - imported now, not in the middle of the measured cycles
-
-        if cfg.memray:
-            with contextlib.suppress(ImportError):
-                import memray  # noqa: F401
         if cfg.collect:
             freeze()  # the warm-up's survivors join the frozen generation
         room = extended // self.every + 16

@@ -214,7 +214,8 @@ def test_a_slope_that_rose_against_the_baseline_is_a_regression(workdir: Path) -
         "--json", "new.json",
     )  # fmt: skip
     assert p.returncode == 1, p.stdout + p.stderr
-    assert "regression against the baseline: py_blocks" in p.stdout
+    # py_blocks among the regressions (rss may rise with the kept objects' pages too)
+    assert re.search(r"regression against the baseline: [a-z_, ]*py_blocks", p.stdout)
     d = json.loads((workdir / "new.json").read_text())
     assert d["channels"]["py_blocks"]["kind"] == "regression"
     assert d["baseline"].endswith("base.json")
@@ -222,7 +223,7 @@ def test_a_slope_that_rose_against_the_baseline_is_a_regression(workdir: Path) -
     table = harness(workdir, "compare", "base.json", "new.json")
     assert table.returncode == 1, table.stderr
     assert re.search(r"^py_blocks\s+.*REGRESSION", table.stdout, re.M)
-    assert "REGRESSION in py_blocks" in table.stdout
+    assert re.search(r"REGRESSION in [a-z_, ]*py_blocks", table.stdout)
     same = harness(workdir, "compare", "base.json", "base.json")
     assert same.returncode == 0 and "no regression" in same.stdout
     one_line_error(harness(workdir, "compare", "base.json", "missing.json"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -79,8 +80,14 @@ def test_scheduler_churn_is_bounded() -> None:
     assert v.bounded, v.summary()
 
 
-def test_redis_outage_records_everything_and_stays_bounded() -> None:
-    v = soak(resolve("redis-outage"), cycles=500, warmup=100)
+def test_redis_outage_records_everything_and_stays_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # pytest keeps every captured log record: the recorder's warnings at each outage would be
+    # growth of this process. After the scenario's warm-up of 3,000 cycles, in which its slow
+    # fill levels off (docs/harness.md, Findings).
+    caplog.set_level(logging.ERROR, logger="waclient")
+    v = soak(resolve("redis-outage"), cycles=3500, warmup=3000)
     assert v.bounded, v.summary()
     assert any("0 dropped" in note for note in v.notes)
 
