@@ -4,7 +4,7 @@ loopback port, in a thread of this process, with a FaultProxy in front.
 Every request is verified with the independent ``standardwebhooks`` library. Faults:
 
 - ``mode = "500"``: answer 500; ``"redirect"``: answer 307 (a redirect to ``/elsewhere``);
-  ``"hang"``: never answer (past any client timeout);
+  ``"hang"``: never answer (past any client timeout); ``"slow"``: answer after 50 ms;
 - ``proxy.refuse(True)`` / ``proxy.reset()``: connections reset (RST);
 - ``stop()`` ... ``start()``: the receiver is down (nothing listens on its port) for a stretch.
 """
@@ -28,6 +28,7 @@ from harness.faults import FaultProxy
 __all__ = ["Receiver", "message_fields", "proxy_url", "receiver"]
 
 HANG_SECONDS = 3600.0
+SLOW_SECONDS = 0.05
 
 
 class Receiver:
@@ -61,6 +62,8 @@ class Receiver:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away mid-body (a reset): nothing was delivered
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -70,6 +73,8 @@ class Receiver:
             self.attempts += 1
         if mode == "hang":
             await asyncio.sleep(HANG_SECONDS)
+        if mode == "slow":
+            await asyncio.sleep(SLOW_SECONDS)
         if mode in ("500", "redirect"):
             if mode == "500":
                 await _answer(send, 500)

@@ -54,7 +54,7 @@ USER_AGENT = "waclient-webhooks"
 MAX_RESPONSE_BYTES = 64 * 1024
 """Bytes of a response read (then dropped) so the connection can be reused."""
 MAX_ERROR_LENGTH = 200
-BACKLOG_SCAN_CAP = 1000
+BACKLOG_SCAN_CAP = 100
 """On Redis < 7 (no ``lag``), unread entries are counted up to this many per stream."""
 NOTIFY_COUNT = 64
 _REDIS_BACKOFF = Backoff(initial=0.1, maximum=5.0)
@@ -376,18 +376,24 @@ class _EndpointWorker:
         self.redis_errors = 0
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._measurer: asyncio.Task[None] | None = None
         self._url = _UrlCheck()
         self._turn = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"webhooks-{self.endpoint.id}")
+        self._measurer = asyncio.create_task(
+            self._measure_every(), name=f"webhooks-{self.endpoint.id}-stats"
+        )
 
     async def stop(self) -> None:
         # The flag as well as the cancel: a cancellation swallowed inside a library call (seen
         # with redis-py on 3.11) must not keep a loop running.
         self.stopping = True
         self.wake.set()
-        tasks = [t for t in (self._task, *self._in_flight.values()) if t is not None]
+        tasks = [
+            t for t in (self._task, self._measurer, *self._in_flight.values()) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -424,7 +430,7 @@ class _EndpointWorker:
 
     async def _run(self) -> None:
         failures = 0
-        next_claim = next_stats = 0.0
+        next_claim = 0.0
         prepared = True
         while not self.stopping:
             try:
@@ -436,9 +442,6 @@ class _EndpointWorker:
                     await self._heartbeat()
                     await self._claim()
                     next_claim = now + self.d.claim_idle / 3
-                if now >= next_stats:
-                    await self._measure()
-                    next_stats = now + self.d.stats_interval
                 self.wake.clear()
                 read, asked = await self._read_new()
                 failures = 0
@@ -516,6 +519,14 @@ class _EndpointWorker:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
             await self.r.xclaim(stream, self.group, self.d.consumer, 0, ids, justid=True)
+
+    async def _measure_every(self) -> None:
+        """Refresh the backlog and dead-letter figures every ``stats_interval`` s, off the
+        delivery loop."""
+        while not self.stopping:
+            with contextlib.suppress(RedisError, OSError):
+                await self._measure()
+            await asyncio.sleep(self.d.stats_interval)
 
     async def _measure(self) -> None:
         backlog = 0
