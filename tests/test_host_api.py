@@ -164,7 +164,16 @@ def test_ready(anon: httpx.Client, api: httpx.Client) -> None:
     body = anon.get("/health/ready").json()
     assert body == {
         "ready": True,
-        "whatsapp": {"state": "connected", "connected": True},
+        "whatsapp": {
+            "state": "connected",
+            "connected": True,
+            "failures_in_a_row": 0,
+            "restarts": 0,
+            "restarts_last_hour": 0,
+            "next_restart_at": None,
+            "gave_up": None,
+            "advice": None,
+        },
         "redis": {"configured": True, "up": True},
     }
 
@@ -177,7 +186,8 @@ def test_health_memory(api: httpx.Client) -> None:
     for field in ("rss", "pss", "py_blocks", "fds", "threads", "tasks", "total"):
         assert isinstance(snap[field], int) and snap[field] > 0, field
     assert snap["gc_objects"] is None
-    assert body["listeners"] == {"Message": 1, "SentMessage": 1}  # the two recorders
+    # The two recorders, and self-healing's state events.
+    assert body["listeners"] == {"Message": 1, "SentMessage": 1, "StateChange": 1, "PairStatus": 1}
     guard = body["guard"]
     assert guard["level"] == "ok" and guard["limits"]["soft"] < guard["limits"]["hard"]
     assert body["worker"] is None  # the simulated transport has no worker process

@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from waclient.memory import (
 from waclient.transport import NeonizeTransport, Transport
 
 from .config import Settings
+from .healing import ClientSupervisor, StateEvents
 from .limits import RateLimiter
 from .metrics import HostMetrics
 
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
     from waclient.recorders import InboundRecorder, OutboundRecorder
     from waclient.redis import RedisHealth
     from waclient.scheduler import Scheduler
+    from waclient.transport import SentMessage
+    from waclient.webhooks import EndpointStore, WebhookDispatcher
 
 __all__ = ["Host", "build_transport", "worker_budget"]
 
@@ -121,6 +126,11 @@ class Host:
         self.inbound: InboundRecorder | None = None
         self.outbound: OutboundRecorder | None = None
         self.scheduler: Scheduler | None = None
+        self.healing: ClientSupervisor | None = None
+        self.state_events: StateEvents | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self.webhook_store: EndpointStore | None = None
+        self._webhook_redis: Redis | None = None
         self.guard = MemoryGuard(
             self.limits,
             measure=self.memory_used,
@@ -189,13 +199,6 @@ class Host:
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
-        transport = self._transport_override or build_transport(s, self.machine.total)
-        self.transport = transport
-        self.client = Client(
-            transport,
-            backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
-            max_failures=s.max_failures,
-        )
         if s.redis_url is not None:
             from waclient.recorders import InboundRecorder, OutboundRecorder
             from waclient.redis import RedisHealth, open_redis
@@ -209,24 +212,90 @@ class Host:
             }
             self.inbound = InboundRecorder(self.redis, spool=self._spool("in"), **common)
             self.outbound = OutboundRecorder(self.redis, spool=self._spool("out"), **common)
-            self.inbound.attach(self.client)
-            self.outbound.attach(self.client)
             await self.inbound.start()
             await self.outbound.start()
             self.scheduler = Scheduler(
                 self.redis,
-                self.client.send_text,
+                self._send_text,
                 namespace=f"{s.session_name}:scheduler",
                 max_jobs_per_session=s.max_scheduled,
                 max_text_length=s.max_text_length,
                 poll_interval=s.scheduler_poll,
             )
             await self.scheduler.start()
+            await self._start_webhooks(s.redis_url)
         else:
-            log.warning("REDIS_URL is not set: no recorders, no scheduler")
+            log.warning("REDIS_URL is not set: no recorders, no scheduler, no webhooks")
+        self.state_events = StateEvents(self.redis, f"{s.session_name}:events")
+        self.healing = ClientSupervisor(
+            self._make_client,
+            cooldown=s.restart_cooldown,
+            max_restarts=s.max_restarts,
+            events=self.state_events,
+        )
         self.guard.check()
         await self.guard.start()
-        await self.client.start()
+        await self.healing.start()
+
+    def _make_client(self) -> Client:
+        """A fresh client on a fresh transport (the override, in tests), with the recorders
+        attached; the supervisor starts it (again after each FAILED)."""
+        s = self.settings
+        transport = self._transport_override or build_transport(s, self.machine.total)
+        self.transport = transport
+        self.client = Client(
+            transport,
+            backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
+            max_failures=s.max_failures,
+        )
+        for recorder in (self.inbound, self.outbound):
+            if recorder is not None:
+                recorder.attach(self.client)
+        return self.client
+
+    async def _send_text(self, chat: str, text: str) -> SentMessage:
+        """The current client's send (the scheduler outlives restarts of the client)."""
+        if self.client is None:
+            raise RuntimeError("no client")
+        return await self.client.send_text(chat, text)
+
+    async def _start_webhooks(self, redis_url: str) -> None:
+        """The endpoint store and the dispatcher, on a Redis connection pool of their own (the
+        dispatcher keeps one connection in a blocking read)."""
+        from waclient.redis import open_redis
+        from waclient.webhooks import (
+            EndpointStore,
+            WebhookDispatcher,
+            default_sources,
+            static_endpoints,
+        )
+
+        s = self.settings
+        assert self.redis is not None
+        self.webhook_store = EndpointStore(
+            self.redis,
+            key_prefix=s.session_name,
+            max_endpoints=s.webhook_max_endpoints,
+            allow_private=s.webhook_allow_private,
+        )
+        self._webhook_redis = open_redis(
+            redis_url,
+            client_name=f"waclient-webhooks-{s.session_name}",
+            max_connections=2 * s.webhook_max_endpoints + 4,
+        )
+        self.webhooks = WebhookDispatcher(
+            self._webhook_redis,
+            sources=default_sources(s.session_name),
+            static=static_endpoints(s.webhook_url_list(), s.webhook_secrets()),
+            store=self.webhook_store,
+            key_prefix=s.session_name,
+            consumer=f"{s.session_name}-{socket.gethostname()}-{os.getpid()}",
+            timeout=s.webhook_timeout,
+            max_in_flight=s.webhook_max_in_flight,
+            max_attempts=s.webhook_max_attempts,
+            allow_private=s.webhook_allow_private,
+        )
+        await self.webhooks.start()
 
     def _spool(self, direction: str) -> Any:
         from waclient.spool import Spool
@@ -243,8 +312,15 @@ class Host:
         await self.guard.close()
         if self.scheduler is not None:
             await self.scheduler.close()
-        if self.client is not None:
+        if self.healing is not None:
+            await self.healing.close()
+        elif self.client is not None:
             await self.client.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
+        if self._webhook_redis is not None:
+            with contextlib.suppress(Exception):
+                await self._webhook_redis.aclose()
         timeout = self.settings.shutdown_timeout / 2
         for recorder in (self.inbound, self.outbound):
             if recorder is not None:

@@ -28,11 +28,18 @@ def router(settings: Settings) -> APIRouter:
         "/health",
         response_model=Liveness,
         summary="Liveness",
-        description="Always 200 while the process serves HTTP. Touches nothing else (no "
-        "WhatsApp, no Redis): use it for the platform's health check.",
+        description="200 while the process serves HTTP. Touches nothing else (no WhatsApp, no "
+        "Redis): use it for the platform's health check. 503 with the reason once self-healing "
+        "has used up WACLIENT_MAX_RESTARTS in the hour (the platform should restart the "
+        "machine); a logged-out session stays 200 (a restart cannot help).",
+        responses={503: {"model": Liveness, "description": "Self-healing gave up."}},
     )
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(host: HostDep) -> JSONResponse:
+        healing = host.healing
+        reason = healing.liveness_failure() if healing is not None else None
+        if reason is not None:
+            return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @r.get(
         "/health/ready",
@@ -46,7 +53,12 @@ def router(settings: Settings) -> APIRouter:
     async def ready(host: HostDep) -> JSONResponse:
         client = host.client
         connected = client is not None and client.connected
-        whatsapp = {"state": client.state.value if client else "stopped", "connected": connected}
+        whatsapp: dict[str, Any] = {
+            "state": client.state.value if client else "stopped",
+            "connected": connected,
+        }
+        if host.healing is not None:
+            whatsapp.update(host.healing.statistics().to_dict())
         redis: dict[str, Any] = {"configured": host.redis_health is not None, "up": None}
         if host.redis_health is not None:
             status = host.redis_health.status

@@ -71,6 +71,7 @@ def router(settings: Settings) -> APIRouter:
             "failures_in_a_row": stats.get("failures_in_a_row", 0),
             "last_error": stats.get("last_error"),
             "worker": host.worker_stats(),
+            "healing": host.healing.statistics().to_dict() if host.healing else None,
         }
 
     @r.get(
