@@ -85,6 +85,7 @@ def future(minutes: int = 60) -> str:
 
 
 VALID_JOB = "0" * 32
+VALID_ENDPOINT = "ep_" + "0" * 16
 PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/messages/text", {"to": PHONE, "text": "hi"}),
     ("POST", "/scheduled", {"to": PHONE, "text": "hi", "cron": "0 9 * * *"}),
@@ -98,6 +99,11 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/health/memory", None),
     ("GET", "/health/redis", None),
     ("GET", "/metrics", None),
+    ("POST", "/webhooks", {"url": "https://example.com/hook"}),
+    ("GET", "/webhooks", None),
+    ("DELETE", f"/webhooks/{VALID_ENDPOINT}", None),
+    ("POST", f"/webhooks/{VALID_ENDPOINT}/replay", None),
+    ("POST", "/debug/inbound", {"from": PHONE, "text": "hi"}),
 ]
 
 
@@ -110,7 +116,10 @@ def test_every_route_is_covered_by_the_auth_matrix(api: httpx.Client) -> None:
         for method in ops
         if path not in open_paths
     }
-    covered = {(m, p.replace(VALID_JOB, "{job_id}")) for m, p, _ in PROTECTED}
+    covered = {
+        (m, p.replace(VALID_JOB, "{job_id}").replace(VALID_ENDPOINT, "{endpoint_id}"))
+        for m, p, _ in PROTECTED
+    }
     assert documented == covered
 
 

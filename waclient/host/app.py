@@ -15,7 +15,7 @@ from .config import Settings, load_settings
 from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
-from .routes import health, messages, scheduled, session
+from .routes import health, messages, scheduled, session, webhooks
 from .runtime import Host
 
 __all__ = ["create_app"]
@@ -75,7 +75,10 @@ def create_app(
         messages.router(settings),
         scheduled.router(settings),
         session.router(settings),
+        webhooks.router(settings),
     ]
+    if settings.transport == "simulated":
+        routers.append(webhooks.debug_router(settings))
     for r in routers:
         app.include_router(r)
     app.state.allow_map = allow_map([route for r in routers for route in r.routes])

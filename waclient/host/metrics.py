@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from waclient.client import ClientState
 
+from .webhook_metrics import webhook_metrics
+
 if TYPE_CHECKING:
     from .runtime import Host
 
@@ -128,6 +130,8 @@ class _HostCollector(Collector):
         yield g(
             "waclient_asyncio_tasks", "asyncio tasks of the host's loop.", value=current.tasks or 0
         )
+        if host.webhooks is not None:
+            yield from webhook_metrics(host.webhooks.statistics())
         rss = g("waclient_worker_rss_bytes", "RSS of the isolated worker.", labels=["pid"])
         for w in current.workers:
             rss.add_metric([str(w.pid)], w.rss)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from waclient.transport import SentMessage
     from waclient.webhooks import EndpointStore, WebhookDispatcher
 
-__all__ = ["Host", "build_transport", "worker_budget"]
+__all__ = ["Host", "build_transport", "simulated", "worker_budget"]
 
 log = logging.getLogger("waclient.host")
 
@@ -74,13 +74,22 @@ def build_transport(settings: Settings, machine: int) -> Transport:
         )
     if settings.transport == "neonize":
         return NeonizeTransport(database, name=settings.session_name, proxy=settings.proxy)
+    transport: Transport = simulated().SimulatedTransport(
+        name=str(settings.session_dir / "simulated")
+    )
+    return transport
+
+
+def simulated() -> Any:
+    """The module of the simulated transport (``SimulatedTransport``, ``message_event``): the
+    one place the host imports it, lazily, for ``WACLIENT_TRANSPORT=simulated`` only."""
     try:
-        from harness.simulate import SimulatedTransport
+        import harness.simulate as module
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise RuntimeError(
             "WACLIENT_TRANSPORT=simulated needs the harness extra: pip install 'waclient[harness]'"
         ) from exc
-    return SimulatedTransport(name=str(settings.session_dir / "simulated"))
+    return module
 
 
 def _digest(key: str) -> bytes:
