@@ -109,7 +109,7 @@ def router(settings: Settings) -> APIRouter:
         "422 for a URL that is not http(s), or that resolves to a loopback, link-local or "
         "private address (unless WACLIENT_WEBHOOK_ALLOW_PRIVATE=1), a bad secret or an unknown "
         "event type; 409 past WACLIENT_WEBHOOK_MAX_ENDPOINTS.",
-        responses=error_responses(401, 409, 413, 422, 503),
+        responses=error_responses(400, 401, 409, 413, 422, 503),
     )
     async def create(host: HostDep, _key: KeyDep, body: WebhookCreate) -> dict[str, Any]:
         dispatcher, store, _ = _webhooks(host)
@@ -193,7 +193,7 @@ def debug_router(settings: Settings) -> APIRouter:
         description="Only with WACLIENT_TRANSPORT=simulated: the simulated WhatsApp side emits "
         "an inbound text message, which is recorded and delivered to webhooks like a real one. "
         "409 while no session is connected.",
-        responses=error_responses(401, 409, 413, 422),
+        responses=error_responses(400, 401, 409, 413, 422),
     )
     async def inbound(host: HostDep, _key: KeyDep, body: InboundBody) -> dict[str, str]:
         from ..runtime import simulated
