@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ from test_webhooks_delivery import (
 )
 from webhook_receiver import proxy_url, receiver
 
+from harness import soak_async
 from waclient.client import Backoff
 from waclient.redis import open_redis
 from waclient.webhooks import WebhookDispatcher, WebhookKeys
@@ -114,6 +117,7 @@ async def test_10000_messages_receiver_down_for_a_third(redis: Redis) -> None:
 
 DISPATCHER_PROCESS = """
 import asyncio, sys
+from harness import soak_async
 from waclient.client import Backoff
 from waclient.redis import open_redis
 from waclient.webhooks import Endpoint, WebhookDispatcher, default_sources
@@ -177,3 +181,84 @@ async def test_two_dispatcher_processes_one_sigkilled(redis: Redis, redis_url: s
                 proc.wait(30)
     assert set(rec.accepted) == set(ids)
     assert rec.bad_signatures == 0
+
+
+class ReceiverProcess:
+    """``tests/webhook_receiver.py`` in a process of its own on a fixed port, so that a soak of
+    this process measures the dispatcher, not the receiver's threads and restarts."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    def start(self) -> None:
+        script = Path(__file__).with_name("webhook_receiver.py")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.port), SECRET],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(30)
+            self.proc = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_memory_stays_bounded_through_receiver_outages(redis: Redis) -> None:
+    """The harness's verdict on this process (the dispatcher) while the receiver (a process of
+    its own) goes down for 10 cycles in every 20: the backlog waits in Redis."""
+    per_cycle = 20
+    rec = ReceiverProcess()
+    rec.start()
+    try:
+        async with dispatcher(
+            redis,
+            endpoint(rec.url),
+            max_in_flight=8,
+            max_attempts=10**6,
+            backoff=Backoff(initial=0.05, maximum=0.5),
+            timeout=5.0,
+        ) as d:
+            added = 0
+
+            async def cycle(i: int) -> None:
+                nonlocal added
+                down = bool((i // 10) % 2)
+                if down and rec.running:
+                    rec.stop()
+                elif not down and not rec.running:
+                    rec.start()
+                await add_messages(redis, per_cycle, added)
+                added += per_cycle
+                if down:  # the in-flight slots fill and retry
+                    await eventually(lambda: d.statistics().in_flight == 8)
+                else:  # everything so far is delivered (2xx only after a verified signature)
+                    await eventually(lambda: d.statistics().delivered >= added, timeout=300)
+
+            verdict = await soak_async(cycle, cycles=400, warmup=100, memray=False)
+            if not rec.running:
+                rec.start()
+            await eventually(lambda: d.statistics().delivered >= added, timeout=300)
+    finally:
+        rec.stop()
+    channels = {n: (round(c.slope_per_cycle, 2), c.leaking) for n, c in verdict.channels.items()}
+    assert verdict.bounded, channels

@@ -34,8 +34,11 @@ SLOW_SECONDS = 0.05
 class Receiver:
     """Counts verified 2xx deliveries per ``webhook-id``; see the module docstring."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, keep: bool = True) -> None:
         self.webhook = Webhook(secret)
+        self.keep = keep
+        """False: only count deliveries (``total``), keep nothing per delivery (soaks)."""
+        self.total = 0
         self.mode = "ok"
         self.accepted: collections.Counter[str] = collections.Counter()
         """Deliveries answered 2xx, per webhook-id."""
@@ -90,6 +93,13 @@ class Receiver:
             await _answer(send, 400)
             return
         with self.changed:
+            self.total += 1
+            if not self.keep:
+                self.changed.notify_all()
+        if not self.keep:
+            await _answer(send, 204)
+            return
+        with self.changed:
             msg_id = headers["webhook-id"]
             self.accepted[msg_id] += 1
             self.payloads[msg_id] = payload
@@ -104,6 +114,10 @@ class Receiver:
             return self.changed.wait_for(lambda: predicate(self), timeout)
 
     # -- serving ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
 
     @property
     def url(self) -> str:
@@ -147,9 +161,9 @@ async def _answer(send: Any, status: int, headers: list[tuple[bytes, bytes]] | N
 
 
 @contextmanager
-def receiver(secret: str) -> Iterator[tuple[Receiver, FaultProxy]]:
+def receiver(secret: str, *, keep: bool = True) -> Iterator[tuple[Receiver, FaultProxy]]:
     """A started receiver and a FaultProxy in front of it (post to ``proxy_url(proxy)``)."""
-    rec = Receiver(secret)
+    rec = Receiver(secret, keep=keep)
     rec.start()
     try:
         with FaultProxy(("127.0.0.1", rec.port)) as proxy:
@@ -172,3 +186,21 @@ def message_fields(i: int, *, chat: str = "123@s.whatsapp.net") -> dict[str, str
         "ts": str(1_764_000_000 + i),
         "dir": "in",
     }
+
+
+def main() -> None:
+    """``python tests/webhook_receiver.py PORT SECRET``: a receiver in a process of its own
+    (keeps nothing per delivery); prints ``ready`` once it listens, serves until killed."""
+    import sys
+    import time
+
+    rec = Receiver(sys.argv[2], keep=False)
+    rec.port = int(sys.argv[1])
+    rec.start()
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
