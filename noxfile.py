@@ -46,7 +46,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (pytest-benchmark); ratios against a baseline measured in the same run."""
-    _install(session, "dev,harness")
+    _install(session, "dev,harness,host")
     session.run(
         "pytest",
         "benchmarks",

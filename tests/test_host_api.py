@@ -87,6 +87,7 @@ def future(minutes: int = 60) -> str:
 
 VALID_JOB = "0" * 32
 GROUP = "120363000000000001@g.us"
+VALID_ENDPOINT = "ep_" + "0" * 16
 PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/messages/text", {"to": PHONE, "text": "hi"}),
     ("POST", "/scheduled", {"to": PHONE, "text": "hi", "cron": "0 9 * * *"}),
@@ -109,6 +110,11 @@ PROTECTED: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/groups", None),
     ("GET", f"/groups/{GROUP}", None),
     ("POST", f"/groups/{GROUP}/participants", {"participants": [PHONE], "action": "add"}),
+    ("POST", "/webhooks", {"url": "https://example.com/hook"}),
+    ("GET", "/webhooks", None),
+    ("DELETE", f"/webhooks/{VALID_ENDPOINT}", None),
+    ("POST", f"/webhooks/{VALID_ENDPOINT}/replay", None),
+    ("POST", "/debug/inbound", {"from": PHONE, "text": "hi"}),
 ]
 
 
@@ -122,7 +128,13 @@ def test_every_route_is_covered_by_the_auth_matrix(api: httpx.Client) -> None:
         if path not in open_paths
     }
     covered = {
-        (m, p.replace(VALID_JOB, "{job_id}").replace(PHONE, "{phone}").replace(GROUP, "{jid}"))
+        (
+            m,
+            p.replace(VALID_JOB, "{job_id}")
+            .replace(PHONE, "{phone}")
+            .replace(GROUP, "{jid}")
+            .replace(VALID_ENDPOINT, "{endpoint_id}"),
+        )
         for m, p, _ in PROTECTED
     }
     assert documented == covered
@@ -207,7 +219,16 @@ def test_ready(anon: httpx.Client, api: httpx.Client) -> None:
     body = anon.get("/health/ready").json()
     assert body == {
         "ready": True,
-        "whatsapp": {"state": "connected", "connected": True},
+        "whatsapp": {
+            "state": "connected",
+            "connected": True,
+            "failures_in_a_row": 0,
+            "restarts": 0,
+            "restarts_last_hour": 0,
+            "next_restart_at": None,
+            "gave_up": None,
+            "advice": None,
+        },
         "redis": {"configured": True, "up": True, "writable": True},
     }
 
@@ -220,7 +241,8 @@ def test_health_memory(api: httpx.Client) -> None:
     for field in ("rss", "pss", "py_blocks", "fds", "threads", "tasks", "total"):
         assert isinstance(snap[field], int) and snap[field] > 0, field
     assert snap["gc_objects"] is None
-    assert body["listeners"] == {"Message": 1, "SentMessage": 1}  # the two recorders
+    # The two recorders, and self-healing's state events.
+    assert body["listeners"] == {"Message": 1, "SentMessage": 1, "StateChange": 1, "PairStatus": 1}
     guard = body["guard"]
     assert guard["level"] == "ok" and guard["limits"]["soft"] < guard["limits"]["hard"]
     assert body["worker"] is None  # the simulated transport has no worker process

@@ -19,6 +19,7 @@ from waclient.memory import MemoryGuard
 from waclient.recorders import Recorder
 from waclient.scheduler import Scheduler
 from waclient.spool import Spool
+from waclient.webhooks import WebhookDispatcher
 
 Log = list[tuple[str, str]]
 
@@ -27,24 +28,30 @@ def _watch(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, log: Log, la
     """Record ``(label, method)`` (with the recorder's direction) whenever ``cls.method`` runs."""
     original: Callable[..., Any] = getattr(cls, method)
 
-    def name(self: Any, args: tuple[Any, ...]) -> str:
+    def name(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         path = getattr(self, "path", None) or next(iter(args), None)
         if isinstance(path, Path):  # a spool, named by its file
             return path.stem
+        if isinstance(self, Redis):  # named by its client name: waclient-host-..., -webhooks-...
+            pool = kwargs.get("connection_pool") or getattr(self, "connection_pool", None)
+            client_name = kwargs.get("client_name") or (
+                pool.connection_kwargs.get("client_name") if pool is not None else None
+            )
+            return f"{label}-{str(client_name).split('-')[1]}" if client_name else label
         direction = getattr(self, "direction", None)
         return f"{label}-{direction}" if direction else label
 
     if asyncio.iscoroutinefunction(original):
 
         async def wrapped_async(self: Any, *args: Any, **kwargs: Any) -> Any:
-            log.append((name(self, args), method))
+            log.append((name(self, args, kwargs), method))
             return await original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, method, wrapped_async)
     else:
 
         def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
-            log.append((name(self, args), method))
+            log.append((name(self, args, kwargs), method))
             return original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, method, wrapped)
@@ -60,6 +67,7 @@ def lifecycle(monkeypatch: pytest.MonkeyPatch) -> Log:
         (MemoryGuard, "guard", "start", "close"),
         (Spool, "spool", "__init__", "close"),
         (Redis, "redis", "__init__", "aclose"),
+        (WebhookDispatcher, "webhooks", "start", "close"),
     ):
         _watch(monkeypatch, cls, opening, log, label)
         _watch(monkeypatch, cls, closing, log, label)
@@ -85,11 +93,13 @@ async def test_close_order_is_the_reverse_of_start_order(
         lifecycle.clear()
     closed = _order(lifecycle, {"close", "aclose"})
     assert opened == [
-        "redis",
+        "redis-host",
         "spool-in",
         "recorder-in",
         "spool-out",
         "recorder-out",
+        "redis-webhooks",
+        "webhooks",
         "client",
         "scheduler",
         "guard",
@@ -110,9 +120,9 @@ async def test_a_failed_start_closes_what_it_opened(
     with pytest.raises(Exception):  # noqa: B017 - sqlite's own error, whatever its class
         await host.start()
     opened = _order(lifecycle, {"start", "__init__"})
-    assert opened == ["redis", "spool-in", "recorder-in", "spool-out"]
+    assert opened == ["redis-host", "spool-in", "recorder-in", "spool-out"]
     closes = [n for n, m in lifecycle if m in {"close", "aclose"}]
-    assert closes == ["recorder-in", "spool-in", "redis"]
+    assert closes == ["recorder-in", "spool-in", "redis-host"]
     assert host.inbound is not None and host.inbound.spool is not None
     assert host.inbound.spool.closed
     others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}

@@ -16,7 +16,7 @@ from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .query_keys import RefuseKeyInQuery
-from .routes import contacts, groups, health, messages, scheduled, session
+from .routes import contacts, groups, health, messages, scheduled, session, webhooks
 from .runtime import Host
 
 __all__ = ["create_app"]
@@ -74,7 +74,10 @@ def create_app(
         session.router(settings),
         contacts.router(settings),
         groups.router(settings),
+        webhooks.router(settings),
     ]
+    if settings.transport == "simulated":
+        routers.append(webhooks.debug_router(settings))
     for r in routers:
         app.include_router(r)
     app.state.allow_map = allow_map([route for r in routers for route in r.routes])

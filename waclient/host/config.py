@@ -17,6 +17,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -201,6 +202,64 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Requests in progress at once; more are answered 503."
     )
 
+    # self-healing and webhooks (docs/host.md, "Self-healing" and "Webhooks")
+    restart_cooldown: float = Field(
+        default=300.0,
+        ge=0,
+        description="WACLIENT_RESTART_COOLDOWN: seconds after FAILED before a fresh client.",
+    )
+    max_restarts: int = Field(
+        default=6,
+        ge=0,
+        description="WACLIENT_MAX_RESTARTS: fresh clients per hour at most; past that /health "
+        "answers 503 so the platform restarts the machine.",
+    )
+    webhook_urls: str = Field(
+        default="",
+        description="WACLIENT_WEBHOOK_URLS: comma-separated URLs that receive every event, "
+        "signed with WACLIENT_WEBHOOK_SECRET.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="WACLIENT_WEBHOOK_SECRET: whsec_<base64>; several, comma-separated, during "
+        "a rotation (each delivery carries one signature per secret).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="WACLIENT_WEBHOOK_ALLOW_PRIVATE: allow URLs that resolve to loopback, "
+        "link-local or private addresses.",
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds per attempt.")
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Attempts before an event goes to the dead letters."
+    )
+    webhook_max_in_flight: int = Field(default=8, ge=1, description="Deliveries per endpoint.")
+    webhook_max_endpoints: int = Field(default=16, ge=1, le=256)
+
+    def webhook_url_list(self) -> list[str]:
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
+
+    def webhook_secrets(self) -> list[str]:
+        raw = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        from waclient.webhooks.signing import SecretError, parse_secret
+        from waclient.webhooks.urls import WebhookURLError, parse_url
+
+        urls = self.webhook_url_list()
+        if urls and not self.webhook_secrets():
+            raise ValueError("WACLIENT_WEBHOOK_URLS needs WACLIENT_WEBHOOK_SECRET (whsec_...)")
+        try:
+            for secret in self.webhook_secrets():
+                parse_secret(secret)
+            for url in urls:
+                parse_url(url)
+        except (SecretError, WebhookURLError) as exc:
+            raise ValueError(f"webhooks: {exc}") from None
+        return self
+
     @field_validator("api_key")
     @classmethod
     def _check_keys(cls, value: SecretStr) -> SecretStr:
@@ -273,7 +332,7 @@ def load_settings(**overrides: Any) -> Settings:
                     if field == "api_key"
                     else ""
                 )
-            lines.append(f"{env}: {message}")
+            lines.append(f"{env}: {message}" if err["loc"] else message)
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
     settings.check()
     return settings

@@ -27,6 +27,8 @@ from waclient.client import ClientState, ClientStats
 from waclient.memory import MemoryGuardStats, MemorySnapshot
 from waclient.transports import WorkerStats
 
+from .webhook_metrics import webhook_metrics
+
 if TYPE_CHECKING:
     from waclient.recorders import RecorderStats
 
@@ -95,6 +97,8 @@ class _HostCollector(Collector):
         host = self.host
         stats = host.statistics()
         yield from _memory(stats.guard, host.snapshot())
+        if host.webhooks is not None:
+            yield from webhook_metrics(host.webhooks.statistics())
         yield from _client(stats.client, stats.worker)
         yield from _recorders(stats.recorders)
         if stats.scheduler is not None:

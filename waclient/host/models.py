@@ -358,7 +358,9 @@ class JobList(BaseModel):
 
 
 class Liveness(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
+    reason: str | None = None
+    """Why the host gave up (self-healing exhausted its restarts); only with "failed"."""
 
 
 class Readiness(BaseModel):
@@ -378,6 +380,8 @@ class SessionBody(BaseModel):
     failures_in_a_row: int
     last_error: str | None
     worker: dict[str, Any] | None
+    healing: dict[str, Any] | None = None
+    """Self-healing: restarts in the last hour, the next restart time, gave_up, advice."""
 
 
 class MemoryBody(BaseModel):

@@ -48,7 +48,13 @@ class ReadinessProbe:
         host = self.host
         client = host.client
         connected = client is not None and client.connected
-        whatsapp = {"state": client.state.value if client else "stopped", "connected": connected}
+        whatsapp: dict[str, Any] = {
+            "state": client.state.value if client else "stopped",
+            "connected": connected,
+        }
+        healing = self.host.healing
+        if healing is not None:  # failures in a row, restarts, next restart, what to do
+            whatsapp.update(healing.statistics().to_dict())
         redis: dict[str, Any] = {"configured": host.redis_health is not None, "up": None}
         if host.redis_health is not None:
             status = host.redis_health.status

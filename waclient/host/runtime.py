@@ -8,6 +8,8 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -31,6 +33,7 @@ from waclient.memory import (
 from waclient.transports import IsolatedTransport, Transport, WorkerStats
 
 from .config import Settings
+from .healing import ClientSupervisor, HealingStats, StateEvents
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
     from waclient.redis import RedisHealth
     from waclient.scheduler import Scheduler, SchedulerStats
     from waclient.spool import Spool
+    from waclient.transports import SentMessage
+    from waclient.webhooks import EndpointStore, WebhookDispatcher
 
     from .http_guard import GuardStats, HttpGuardStats
 
@@ -68,6 +73,8 @@ class HostStats:
     guard: MemoryGuardStats
     http: HttpGuardStats | None
     """The HTTP guard's refusals, once :func:`.http_guard.server_config` serves the app."""
+    healing: HealingStats | None
+    """The client supervisor: state, restarts, the next restart, whether it gave up."""
     rate_limited: int
     """Requests refused with 429 by a key's send or scheduling bucket."""
     scheduled_sends_paced: int
@@ -164,6 +171,10 @@ class Host:
         self.inbound: InboundRecorder | None = None
         self.outbound: OutboundRecorder | None = None
         self.scheduler: Scheduler | None = None
+        self.healing: ClientSupervisor | None = None
+        self.state_events: StateEvents | None = None
+        self.webhooks: WebhookDispatcher | None = None
+        self.webhook_store: EndpointStore | None = None
         self._stack: AsyncExitStack | None = None
         self.guard = MemoryGuard(
             self.limits,
@@ -220,6 +231,7 @@ class Host:
             scheduler=self.scheduler.statistics() if self.scheduler is not None else None,
             guard=self.guard.statistics(),
             http=self.http_guard.statistics() if self.http_guard is not None else None,
+            healing=self.healing.statistics() if self.healing is not None else None,
             rate_limited=self.send_limiter.limited + self.schedule_limiter.limited,
             scheduled_sends_paced=self.send_budget.waited,
         )
@@ -258,32 +270,57 @@ class Host:
 
     async def _open(self, stack: AsyncExitStack) -> None:
         """What :meth:`start` enters, in order. Each component is pushed right after it is
-        opened, so the stack's close order is the reverse of this one by construction."""
+        opened, so the stack's close order is the reverse of this one by construction: the
+        guard, the scheduler, the client supervisor (and its client), the webhook dispatcher,
+        the recorders, their spools, Redis."""
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
-        transport = self._transport_override or build_transport(s, self.machine.total)
-        self.transport = transport
-        client = Client(
-            transport,
-            backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
-            max_failures=s.max_failures,
-        )
-        self.client = client
         if s.redis_url is not None:
-            await self._open_redis(stack, client, s.redis_url)
+            await self._open_redis(stack, s.redis_url)
+            await self._open_webhooks(stack, s.redis_url)
         else:
-            log.warning("REDIS_URL is not set: no recorders, no scheduler")
-        await stack.enter_async_context(client)
+            log.warning("REDIS_URL is not set: no recorders, no scheduler, no webhooks")
+        self.state_events = StateEvents(self.redis, f"{s.session_name}:events")
+        self.healing = ClientSupervisor(
+            self._make_client,
+            cooldown=s.restart_cooldown,
+            max_restarts=s.max_restarts,
+            events=self.state_events,
+        )
+        await self.healing.start()
+        stack.push_async_callback(self.healing.close)
         if self.scheduler is not None:
             await stack.enter_async_context(self.scheduler)
         self.guard.check()
         await self.guard.start()
         stack.push_async_callback(self.guard.close)
 
-    async def _open_redis(self, stack: AsyncExitStack, client: Client, url: str) -> None:
-        """Redis, then the recorders (each with its spool) attached to ``client``; builds the
-        scheduler, which :meth:`_open` enters once the client runs."""
+    def _make_client(self) -> Client:
+        """A fresh client on a fresh transport (the override, in tests), the recorders attached;
+        the supervisor starts it, and makes another after a FAILED."""
+        s = self.settings
+        transport = self._transport_override or build_transport(s, self.machine.total)
+        self.transport = transport
+        self.client = Client(
+            transport,
+            backoff=Backoff(initial=s.backoff_initial, maximum=s.backoff_max),
+            max_failures=s.max_failures,
+        )
+        for recorder in (self.inbound, self.outbound):
+            if recorder is not None:
+                recorder.attach(self.client)
+        return self.client
+
+    async def _send_text(self, chat: str, text: str) -> SentMessage:
+        """The current client's send: the scheduler outlives the supervisor's restarts."""
+        if self.client is None:
+            raise RuntimeError("no client")
+        return await self.client.send_text(chat, text)
+
+    async def _open_redis(self, stack: AsyncExitStack, url: str) -> None:
+        """Redis, then the recorders (each with its spool; :meth:`_make_client` attaches them
+        to every client); builds the scheduler, which :meth:`_open` enters after the client."""
         from waclient.recorders import InboundRecorder, OutboundRecorder
         from waclient.redis import RedisHealth, open_redis
         from waclient.scheduler import Scheduler
@@ -293,11 +330,11 @@ class Host:
         self.redis = redis
         stack.push_async_callback(_close_quietly, redis)
         self.redis_health = RedisHealth(redis, timeout=1.0)
-        self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis, client)
-        self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis, client)
+        self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis)
+        self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis)
         self.scheduler = Scheduler(
             redis,
-            client.send_text,
+            self._send_text,
             namespace=f"{s.session_name}:scheduler",
             max_jobs_per_session=s.max_scheduled,
             max_text_length=s.max_text_length,
@@ -306,16 +343,55 @@ class Host:
             pacer=self.send_budget,
         )
 
+    async def _open_webhooks(self, stack: AsyncExitStack, url: str) -> None:
+        """The endpoint store and the dispatcher, on a Redis connection pool of their own (the
+        dispatcher keeps one connection in a blocking read)."""
+        from waclient.redis import open_redis
+        from waclient.webhooks import (
+            EndpointStore,
+            WebhookDispatcher,
+            default_sources,
+            static_endpoints,
+        )
+
+        s = self.settings
+        assert self.redis is not None
+        self.webhook_store = EndpointStore(
+            self.redis,
+            key_prefix=s.session_name,
+            max_endpoints=s.webhook_max_endpoints,
+            allow_private=s.webhook_allow_private,
+        )
+        redis = open_redis(
+            url,
+            client_name=f"waclient-webhooks-{s.session_name}",
+            max_connections=2 * s.webhook_max_endpoints + 4,
+        )
+        stack.push_async_callback(_close_quietly, redis)
+        self.webhooks = WebhookDispatcher(
+            redis,
+            sources=default_sources(s.session_name),
+            static=static_endpoints(s.webhook_url_list(), s.webhook_secrets()),
+            store=self.webhook_store,
+            key_prefix=s.session_name,
+            consumer=f"{s.session_name}-{socket.gethostname()}-{os.getpid()}",
+            timeout=s.webhook_timeout,
+            max_in_flight=s.webhook_max_in_flight,
+            max_attempts=s.webhook_max_attempts,
+            allow_private=s.webhook_allow_private,
+        )
+        await self.webhooks.start()
+        stack.push_async_callback(self.webhooks.close)
+
     async def _open_recorder(
-        self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis, client: Client
+        self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis
     ) -> R:
-        """A recorder of ``kind`` on its own spool, attached to ``client`` and started; the
-        stack closes the recorder (it spools what it could not write), then the spool."""
+        """A recorder of ``kind`` on its own spool, started; the stack closes the recorder (it
+        spools what it could not write), then the spool."""
         s = self.settings
         spool = self._spool(direction)
         stack.push_async_callback(_close_spool, spool)
         recorder = kind(redis, spool=spool, key_prefix=s.session_name, max_buffer=s.recorder_buffer)
-        recorder.attach(client)
         await recorder.start()
         stack.push_async_callback(recorder.close, s.shutdown_timeout / 2)
         return recorder

@@ -24,15 +24,21 @@ def router(settings: Settings) -> APIRouter:
         "/health",
         response_model=Liveness,
         summary="Liveness",
-        description="Always 200 while the process serves HTTP. Touches nothing else (no "
-        "WhatsApp, no Redis): use it for the platform's health check. HEAD works too.",
+        description="200 while the process serves HTTP. Touches nothing else (no WhatsApp, no "
+        "Redis): use it for the platform's health check. 503 with the reason once self-healing "
+        "has used up WACLIENT_MAX_RESTARTS in the hour (the platform should restart the "
+        "machine); a logged-out session stays 200 (a restart cannot help).",
+        responses={503: {"model": Liveness, "description": "Self-healing gave up."}},
     )
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health(host: HostDep) -> JSONResponse:
+        reason = _gave_up(host)
+        if reason is not None:
+            return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @r.head("/health", include_in_schema=False)
-    async def health_head() -> Response:
-        return Response(status_code=200)
+    async def health_head(host: HostDep) -> Response:
+        return Response(status_code=503 if _gave_up(host) is not None else 200)
 
     @r.get(
         "/health/ready",
@@ -127,3 +133,9 @@ def router(settings: Settings) -> APIRouter:
         return Response(body, media_type=CONTENT_TYPE)
 
     return r
+
+
+def _gave_up(host: Any) -> str | None:
+    """Why liveness fails (self-healing gave up), or None."""
+    healing = host.healing
+    return healing.liveness_failure() if healing is not None else None

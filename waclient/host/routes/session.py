@@ -72,6 +72,7 @@ def router(settings: Settings) -> APIRouter:
             "failures_in_a_row": client.failures_in_a_row if client is not None else 0,
             "last_error": client.last_error if client is not None else None,
             "worker": stats.worker.to_dict() if stats.worker is not None else None,
+            "healing": stats.healing.to_dict() if stats.healing is not None else None,
         }
 
     @r.get(
