@@ -163,3 +163,22 @@ def test_state_event_entries_are_webhook_events() -> None:
 def test_bad_policy_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ClientSupervisor(lambda: None, **bad)  # type: ignore[arg-type, return-value]
+
+
+def test_memory_soft_limit_is_a_state_event(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(
+        tmp_path, redis_url, memory_soft_limit="1MiB", memory_hard_limit="1TiB"
+    )
+
+    async def types() -> list[str]:
+        redis = open_redis(redis_url)
+        try:
+            return await stream_types(redis, f"{settings.session_name}:events")
+        finally:
+            await redis.aclose()
+
+    with serve(create_app(settings)):
+        deadline = time.monotonic() + 60
+        while "memory.soft_limit" not in asyncio.run(types()):
+            assert time.monotonic() < deadline, "no memory.soft_limit event"
+            time.sleep(0.05)
