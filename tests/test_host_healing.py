@@ -14,7 +14,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 from test_host_api import KEY, make_settings
+from test_host_process import answers, free_port, host_env, host_process, wait_until
 
+from harness.faults import Socks5Refuser
 from waclient.client import Backoff, Client, ClientState
 from waclient.host import create_app
 from waclient.host.healing import ClientSupervisor, StateEvents
@@ -163,3 +165,61 @@ def test_state_event_entries_are_webhook_events() -> None:
 def test_bad_policy_is_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ClientSupervisor(lambda: None, **bad)  # type: ignore[arg-type, return-value]
+
+
+def test_memory_soft_limit_is_a_state_event(tmp_path: Path, redis_url: str) -> None:
+    settings = make_settings(
+        tmp_path, redis_url, memory_soft_limit="1MiB", memory_hard_limit="1TiB"
+    )
+
+    async def types() -> list[str]:
+        redis = open_redis(redis_url)
+        try:
+            return await stream_types(redis, f"{settings.session_name}:events")
+        finally:
+            await redis.aclose()
+
+    with serve(create_app(settings)):
+        deadline = time.monotonic() + 60
+        while "memory.soft_limit" not in asyncio.run(types()):
+            assert time.monotonic() < deadline, "no memory.soft_limit event"
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_real_neonize_worker_restarts_then_gives_up(
+    tmp_path: Path, socks5_refuser: Socks5Refuser
+) -> None:
+    """``python -m waclient.host`` with the real neonize worker (isolated transport) failing
+    against a loopback SOCKS5 refuser: FAILED after 3 attempts, two restarts 2 s apart, then
+    /health 503."""
+    port = free_port()
+    env = host_env(
+        WACLIENT_API_KEY=KEY,
+        WACLIENT_TRANSPORT="isolated",
+        WACLIENT_PROXY=socks5_refuser.address,
+        WACLIENT_SESSION_DIR=str(tmp_path / "session"),
+        WACLIENT_BIND="127.0.0.1",
+        PORT=str(port),
+        WACLIENT_MAX_FAILURES="3",
+        WACLIENT_RESTART_COOLDOWN="2",
+        WACLIENT_MAX_RESTARTS="2",
+        WACLIENT_BACKOFF_INITIAL="0.05",
+        WACLIENT_BACKOFF_MAX="0.1",
+        WACLIENT_MEMORY_LOG_INTERVAL="0",
+    )
+    url = f"http://127.0.0.1:{port}"
+    with host_process(env, tmp_path / "host.log") as proc:
+        wait_until(lambda: answers(url) or proc.poll() is not None, "the host to serve")
+        wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=5).status_code == 503,
+            "/health 503",
+            timeout=300,
+        )
+        body = httpx.get(f"{url}/health", timeout=5).json()
+        session = httpx.get(f"{url}/session", headers={"X-API-Key": KEY}, timeout=5).json()
+    assert "restarted 2 times" in body["reason"]
+    assert session["healing"]["restarts"] == 2 and session["state"] == "failed"
+    assert socks5_refuser.attempts >= 9  # three clients, three failed connects each
+    log = (tmp_path / "host.log").read_text()
+    assert log.count("a fresh client in 2 s") == 2

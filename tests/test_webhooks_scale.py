@@ -47,6 +47,19 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+def patient(redis: Redis, url: str, *, max_in_flight: int) -> WebhookDispatcher:
+    """A dispatcher that never dead-letters (outages of any length) and tolerates a loaded
+    machine (5 s per attempt)."""
+    return dispatcher(
+        redis,
+        endpoint(url),
+        max_in_flight=max_in_flight,
+        max_attempts=10**6,
+        backoff=Backoff(initial=0.05, maximum=0.5),
+        timeout=5.0,
+    )
+
+
 def failures_rise(d: WebhookDispatcher, n: int) -> Callable[[], bool]:
     """A check: ``n`` more failed attempts than now."""
     target = d.statistics().failed + n
@@ -56,14 +69,7 @@ def failures_rise(d: WebhookDispatcher, n: int) -> Callable[[], bool]:
 async def test_10000_messages_receiver_down_for_a_third(redis: Redis) -> None:
     third = TOTAL // 3
     with receiver(SECRET) as (rec, proxy):
-        async with dispatcher(
-            redis,
-            endpoint(proxy_url(proxy)),
-            max_in_flight=16,
-            max_attempts=10**6,
-            backoff=Backoff(initial=0.05, maximum=0.5),
-            timeout=5.0,
-        ) as d:
+        async with patient(redis, proxy_url(proxy), max_in_flight=16) as d:
             cap_seen = 0
 
             def in_flight() -> int:
@@ -230,14 +236,7 @@ async def test_memory_stays_bounded_through_receiver_outages(redis: Redis) -> No
     rec = ReceiverProcess()
     rec.start()
     try:
-        async with dispatcher(
-            redis,
-            endpoint(rec.url),
-            max_in_flight=8,
-            max_attempts=10**6,
-            backoff=Backoff(initial=0.05, maximum=0.5),
-            timeout=5.0,
-        ) as d:
+        async with patient(redis, rec.url, max_in_flight=8) as d:
             added = 0
 
             async def cycle(i: int) -> None:

@@ -180,6 +180,7 @@ class Host:
             self.limits,
             measure=self.memory_used,
             snapshot=self.snapshot,
+            on_soft=self._on_soft,
             on_hard=self._on_hard,
             check_interval=settings.memory_check_interval,
             log_interval=settings.memory_log_interval,
@@ -236,7 +237,15 @@ class Host:
             scheduled_sends_paced=self.send_budget.waited,
         )
 
+    def _on_soft(self, status: GuardStatus) -> None:
+        self._memory_event("memory.soft_limit", status, status.limits.soft)
+
+    def _memory_event(self, event_type: str, status: GuardStatus, limit: int) -> None:
+        if self.state_events is not None:
+            self.state_events.emit(event_type, {"used": status.used, "limit": limit})
+
     def _on_hard(self, status: GuardStatus) -> None:
+        self._memory_event("memory.hard_limit", status, status.limits.hard)
         self.exit_code = 3
         if self.request_shutdown is not None:
             self.request_shutdown()

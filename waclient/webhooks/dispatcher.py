@@ -32,9 +32,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -43,6 +42,9 @@ from waclient.client import Backoff
 from .endpoints import Endpoint, EndpointStore
 from .events import Source, matches
 from .keys import WebhookKeys, replay_dead_letters
+
+if TYPE_CHECKING:  # httpx loads on the first dispatcher: the app's import stays light
+    import httpx
 from .signing import signature_headers
 from .urls import WebhookURLError, check_url
 
@@ -168,6 +170,8 @@ class WebhookDispatcher:
         self.dead_maxlen = dead_maxlen
         self.allow_private = allow_private
         self._own_http = http is None
+        import httpx
+
         self.http = http or httpx.AsyncClient(
             follow_redirects=False,
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -642,6 +646,8 @@ class _EndpointWorker:
 
     async def _attempt(self, d: _Delivery) -> str | None:
         """One signed POST; None after a 2xx, else what went wrong."""
+        import httpx
+
         endpoint = self.endpoint
         refused = await self._url_refused(endpoint.url)
         if refused is not None:
