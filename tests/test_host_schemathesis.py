@@ -12,6 +12,7 @@ examples per operation (default 50).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def test_schemathesis_finds_nothing(tmp_path: Path, fresh_redis: RedisServer) ->
             timeout=1200,
             cwd=tmp_path,
         )
-    output = proc.stdout + proc.stderr
+    # A fuzzed URL can run to tens of kilobytes: shorten such tokens, keep the findings.
+    output = re.sub(r"\S{300,}", "<long token>", proc.stdout + proc.stderr)
     assert proc.returncode == 0, output[-8000:]
     assert f"{operations}/{operations}" in output and " passed" in output

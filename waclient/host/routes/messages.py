@@ -34,6 +34,10 @@ __all__ = ["MEDIA_AT_ONCE", "media_kind", "router"]
 
 MEDIA_AT_ONCE = 2
 """Media uploads held at once (each up to WACLIENT_MAX_MEDIA_BYTES)."""
+MAX_CAPTION = 1024
+"""WhatsApp's own caption limit, in characters. In the query string even 4-byte characters
+(12 bytes percent-encoded) keep the request line within the 16 KiB header limit."""
+MAX_FILENAME = 128
 
 SEND_ANSWERS = error_responses(400, 401, 413, 422, 429, 502, 503, 504)
 """The error statuses of every route that sends to WhatsApp."""
@@ -96,8 +100,8 @@ def router(settings: Settings) -> APIRouter:
         _key: SendLimited,
         client: ClientDep,
         to: Annotated[Chat, Query()],
-        caption: Annotated[str | None, Query(max_length=settings.max_text_length)] = None,
-        filename: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+        caption: Annotated[str | None, Query(max_length=MAX_CAPTION)] = None,
+        filename: Annotated[str | None, Query(min_length=1, max_length=MAX_FILENAME)] = None,
         kind: Annotated[MediaKind | None, Query()] = None,
         quoted_chat: Annotated[Chat | None, Query()] = None,
         quoted_id: Annotated[
