@@ -447,7 +447,7 @@ async def _until(check: Any, what: str, timeout: float = 120.0) -> None:
     """Poll ``check()`` until it holds; the deadline only guards against a hang."""
     try:
         async with asyncio.timeout(timeout):
-            while not check():
+            while not check():  # noqa: ASYNC110 - the dispatcher offers no event for this
                 await asyncio.sleep(0.005)
     except TimeoutError:
         raise RuntimeError(f"{what}: not done within {timeout:.0f} s") from None
