@@ -10,6 +10,7 @@ listens and serves until killed. :class:`ReceiverProcess` starts and kills it fr
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -54,6 +55,8 @@ class ReceiverProcess:
             [sys.executable, "-m", "harness.webhook_receiver", *args],
             stdout=subprocess.PIPE,
             text=True,
+            # This process's import path, so the child finds the same harness.
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
