@@ -14,9 +14,10 @@ def _install(session: nox.Session, extras: str) -> None:
 
 
 def _install_soak(session: nox.Session) -> None:
-    """The harness, and for the `host` scenario the host and the HTTP client of its load."""
+    """The harness; for the `host` scenario the host and the HTTP client of its load; for
+    `webhook-outage` the host extra's httpx and uvicorn, and its receiver's verifier."""
     _install(session, "harness,host")
-    session.install("httpx>=0.27")
+    session.install("httpx>=0.27", "standardwebhooks>=1.0")
 
 
 @nox.session

@@ -22,6 +22,10 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 - ``media-churn``: the WhatsApp surface through ``IsolatedTransport`` (simulated worker): a
   256 KiB image sent, a reaction, a reply, a 256 KiB inbound media message downloaded and a
   group queried per cycle.
+- ``webhook-outage``: the webhook dispatcher on a real redis-server, 5 messages recorded per
+  cycle and delivered to a receiver in a process of its own (:mod:`harness.webhook_receiver`)
+  that is killed for 10 cycles in every 20; the backlog waits in Redis and drains on its
+  return; at the end every event's ``webhook-id`` must have reached the receiver.
 - ``host``: the host (``waclient.host``) under uvicorn in a process of its own, a real Redis
   behind a fault proxy (cut every 100 cycles), ordinary and hostile HTTP load from a second
   process, the isolated worker's session reconnected every cycle (:mod:`harness.host_soak`);
@@ -355,6 +359,100 @@ async def scheduler_churn() -> AsyncIterator[Workload]:
             await redis.aclose()
 
 
+@scenario(
+    "webhook-outage",
+    # About a minute here (25 cycles/s): 70 outages.
+    cycles=1400,
+    # The dispatcher's HTTP pool, its Redis pool and the first outages fill their caches.
+    warmup=400,
+    suite_cycles=1400,
+    long_cycles=7000,
+    timeout=600,
+    requires=("redis", "redis-server", "httpx", "uvicorn", "standardwebhooks"),
+)
+async def webhook_outage() -> AsyncIterator[Workload]:
+    """Webhooks delivered from a real Redis stream to a receiver process that is down for 10
+    cycles in every 20; the backlog waits in Redis and drains when it returns."""
+    from harness.faults import RedisServer
+    from harness.webhook_receiver import ReceiverProcess
+    from waclient.client import Backoff
+    from waclient.recorders import MessageRecord
+    from waclient.redis import open_redis
+    from waclient.webhooks import Endpoint, WebhookDispatcher, default_sources
+    from waclient.webhooks.signing import generate_secret
+
+    per_cycle, in_flight, prefix = 5, 8, "soak"
+    secret = generate_secret()
+    with tempfile.TemporaryDirectory(prefix="soak-webhooks-") as tmp, RedisServer() as server:
+        server.start()
+        redis = open_redis(server.url, max_connections=16)
+        receiver = ReceiverProcess(secret, os.path.join(tmp, "ids"))
+        receiver.start()
+        stream = f"{prefix}:messages:in"
+        added = [0]
+        try:
+            dispatcher = WebhookDispatcher(
+                redis, sources=default_sources(prefix), key_prefix=prefix,
+                static=[Endpoint("soak", receiver.url, (secret,))], max_in_flight=in_flight,
+                max_attempts=10**9, backoff=Backoff(initial=0.02, maximum=0.2), timeout=5.0,
+                poll_interval=0.1, allow_private=True,
+            )  # fmt: skip
+            async with dispatcher:
+
+                def delivered() -> bool:
+                    return dispatcher.statistics().delivered >= added[0]
+
+                def slots_retrying() -> bool:
+                    st = dispatcher.statistics()
+                    return st.in_flight == min(in_flight, added[0] - st.delivered)
+
+                async def cycle(i: int) -> None:
+                    down = (i // 10) % 2 == 1
+                    if down != (not receiver.running):
+                        await asyncio.to_thread(receiver.stop if down else receiver.start)
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for j in range(added[0], added[0] + per_cycle):
+                            chat = f"1555{j % 50:07d}@s.whatsapp.net"
+                            rec = MessageRecord(f"W{j:09d}", chat, chat, f"message {j}", j, "in")
+                            pipe.execute_command("XADD", stream, "*", *rec.fields())
+                        await pipe.execute()
+                    added[0] += per_cycle
+                    # Down: the in-flight slots fill and retry. Up: the whole backlog drains.
+                    await _until(slots_retrying if down else delivered, f"cycle {i}")
+
+                notes: list[str] = []
+                yield Workload(cycle, notes=notes)
+                if not receiver.running:
+                    await asyncio.to_thread(receiver.start)
+                await _until(delivered, "the last backlog")
+                stats = dispatcher.statistics()
+            counts = receiver.counts()
+            notes.append(
+                f"webhooks: {added[0]} recorded, {counts.distinct} distinct webhook-ids "
+                f"received ({counts.deliveries - counts.distinct} duplicates), {stats.failed} "
+                f"failed attempts, {stats.dead_lettered} dead-lettered, receiver started "
+                f"{receiver.starts} times"
+            )
+            if counts.distinct != added[0] or counts.bad_signatures:
+                raise RuntimeError(
+                    f"{added[0]} events recorded, {counts.distinct} distinct delivered, "
+                    f"{counts.bad_signatures} bad signatures"
+                )
+        finally:
+            receiver.stop()
+            await redis.aclose()
+
+
+async def _until(check: Any, what: str, timeout: float = 120.0) -> None:
+    """Poll ``check()`` until it holds; the deadline only guards against a hang."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():  # noqa: ASYNC110 - the dispatcher offers no event for this
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise RuntimeError(f"{what}: not done within {timeout:.0f} s") from None
+
+
 # -- resolution ------------------------------------------------------------------------------------
 
 
@@ -396,7 +494,7 @@ def host() -> Iterator[Workload]:
 def builtin_scenarios() -> dict[str, Scenario]:
     """Every built-in scenario by name, mutants included, in suite order."""
     found = [reconnect, burst, redis_outage, scheduler_churn, neonize_storm_raw]
-    found += [neonize_storm_isolated, media_churn, host, *mutants.MUTANTS]
+    found += [neonize_storm_isolated, media_churn, webhook_outage, host, *mutants.MUTANTS]
     return {s.name: s for s in found}
 
 

@@ -23,6 +23,7 @@ def test_every_scenario_of_the_design_is_built_in() -> None:
         "neonize-storm-raw",
         "neonize-storm-isolated",
         "media-churn",
+        "webhook-outage",
     } <= names
     assert {m.name for m in MUTANTS} <= names
     assert len(MUTANTS) == 6
@@ -90,6 +91,39 @@ def test_redis_outage_records_everything_and_stays_bounded(
     v = soak(resolve("redis-outage"), cycles=3500, warmup=3000)
     assert v.bounded, v.summary()
     assert any("0 dropped" in note for note in v.notes)
+
+
+def test_the_webhook_outage_receiver_counts_distinct_ids_across_kills(tmp_path: Path) -> None:
+    """The scenario's teardown check rests on these counts: they survive a SIGKILL of the
+    receiver, a retried webhook-id counts once, and a bad signature is refused and counted."""
+    import httpx
+
+    from harness.webhook_receiver import ReceiverProcess
+    from waclient.webhooks.signing import generate_secret, signature_headers
+
+    secret = generate_secret()
+    rec = ReceiverProcess(secret, tmp_path / "ids")
+
+    def post(msg_id: str, *, key: str = secret) -> int:
+        body = b'{"type":"message.received"}'
+        headers = signature_headers(msg_id, body, [key])
+        return httpx.post(rec.url, content=body, headers=headers).status_code
+
+    rec.start()
+    try:
+        assert post("in_1-0") == 204
+        assert post("in_2-0", key=generate_secret()) == 400
+        rec.stop()
+        with pytest.raises(httpx.ConnectError):
+            post("in_3-0")
+        rec.start()
+        assert post("in_1-0") == 204  # a retry of a delivered event: the same webhook-id
+        assert post("in_3-0") == 204
+    finally:
+        rec.stop()
+    counts = rec.counts()
+    assert (counts.deliveries, counts.distinct, counts.bad_signatures) == (3, 2, 1)
+    assert rec.starts == 2
 
 
 def test_resolve_names_and_module_func(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

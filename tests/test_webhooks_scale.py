@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +29,7 @@ from test_webhooks_delivery import (
 from webhook_receiver import proxy_url, receiver
 
 from harness import soak_async
+from harness.webhook_receiver import ReceiverProcess
 from waclient.client import Backoff
 from waclient.redis import open_redis
 from waclient.webhooks import WebhookDispatcher, WebhookKeys
@@ -189,51 +189,11 @@ async def test_two_dispatcher_processes_one_sigkilled(redis: Redis, redis_url: s
     assert rec.bad_signatures == 0
 
 
-class ReceiverProcess:
-    """``tests/webhook_receiver.py`` in a process of its own on a fixed port, so that a soak of
-    this process measures the dispatcher, not the receiver's threads and restarts."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None
-
-    def start(self) -> None:
-        script = Path(__file__).with_name("webhook_receiver.py")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.port), SECRET],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(30)
-            self.proc = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def test_memory_stays_bounded_through_receiver_outages(redis: Redis) -> None:
+async def test_memory_stays_bounded_through_receiver_outages(redis: Redis, tmp_path: Path) -> None:
     """The harness's verdict on this process (the dispatcher) while the receiver (a process of
     its own) goes down for 10 cycles in every 20: the backlog waits in Redis."""
     per_cycle = 20
-    rec = ReceiverProcess()
+    rec = ReceiverProcess(SECRET, tmp_path / "ids")
     rec.start()
     try:
         async with patient(redis, rec.url, max_in_flight=8) as d:
@@ -259,5 +219,6 @@ async def test_memory_stays_bounded_through_receiver_outages(redis: Redis) -> No
             await eventually(lambda: d.statistics().delivered >= added, timeout=300)
     finally:
         rec.stop()
+    assert rec.counts().distinct == added  # every event reached the receiver
     channels = {n: (round(c.slope_per_cycle, 2), c.leaking) for n, c in verdict.channels.items()}
     assert verdict.bounded, channels

@@ -186,21 +186,3 @@ def message_fields(i: int, *, chat: str = "123@s.whatsapp.net") -> dict[str, str
         "ts": str(1_764_000_000 + i),
         "dir": "in",
     }
-
-
-def main() -> None:
-    """``python tests/webhook_receiver.py PORT SECRET``: a receiver in a process of its own
-    (keeps nothing per delivery); prints ``ready`` once it listens, serves until killed."""
-    import sys
-    import time
-
-    rec = Receiver(sys.argv[2], keep=False)
-    rec.port = int(sys.argv[1])
-    rec.start()
-    print("ready", flush=True)
-    while True:
-        time.sleep(3600)
-
-
-if __name__ == "__main__":
-    main()
