@@ -25,8 +25,7 @@ import math
 import random
 import threading
 from dataclasses import asdict, dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from waclient.events import (
     TERMINAL_EVENTS,
@@ -41,6 +40,7 @@ from waclient.events import (
 )
 from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
 from waclient.inbox import InboxBudget
+from waclient.lifetime import Lifetime
 from waclient.messages import jid_to_str, message_kind, message_text, to_jid
 from waclient.transports import calls
 from waclient.transports.base import EventSink, SentMessage, Transport, TransportError
@@ -177,7 +177,7 @@ class Backoff:
         return ceiling * (1.0 - self.jitter * r)
 
 
-class Client(WhatsApp):
+class Client(WhatsApp, Lifetime):
     """A WhatsApp client on any :class:`~waclient.transports.Transport`.
 
     Use ``async with Client(transport) as client:``; or ``await client.start()`` and
@@ -243,18 +243,6 @@ class Client(WhatsApp):
         self._waiters: list[tuple[frozenset[ClientState], asyncio.Future[ClientState]]] = []
 
     # -- public API -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Start the supervisor; it connects in the background."""

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from waclient.events import MessageEv
 from waclient.handlers import Subscription
+from waclient.lifetime import Lifetime
 from waclient.messages import jid_to_str, message_text
 from waclient.redis import RedisHealth
 from waclient.spool import Spool
@@ -186,7 +187,7 @@ class RecorderStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class Recorder:
+class Recorder(Lifetime):
     """Writes :class:`MessageRecord` s to a Redis stream; bounded through any outage.
 
     - ``stream``: the stream key (default ``{key_prefix}:messages:{direction}``), trimmed with
@@ -293,13 +294,6 @@ class Recorder:
             asyncio.create_task(self._spiller(), name=f"{name}-spiller"),
         ]
         self._work.set()  # a spool left by an earlier process drains first
-
-    async def __aenter__(self) -> Recorder:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def record(self, rec: MessageRecord) -> None:
         """Take a record. Waits only while the memory buffer is full."""

@@ -49,6 +49,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.asyncio import Redis
 
+from waclient.lifetime import Lifetime
+
 __all__ = [
     "MAX_AHEAD",
     "DateInPastError",
@@ -466,7 +468,7 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_decode(flat[i]): _decode(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
-class Scheduler:
+class Scheduler(Lifetime):
     """Scheduled text messages for one session, in Redis under ``namespace``.
 
     ``send(chat, text)`` sends one message (``Client.send_text``). Run the scheduler with
@@ -674,13 +676,6 @@ class Scheduler:
         assert self._stop is not None
         self._stop.set()
         await asyncio.gather(task, return_exceptions=True)
-
-    async def __aenter__(self) -> Scheduler:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(

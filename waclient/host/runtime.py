@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from waclient.client import Backoff, Client, ClientStats
+from waclient.lifetime import Lifetime
 from waclient.memory import (
     GuardStatus,
     MemoryGuard,
@@ -121,7 +122,7 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
-class Host:
+class Host(Lifetime):
     """The running host. ``request_shutdown`` is what the hard memory limit calls."""
 
     def __init__(
@@ -251,13 +252,6 @@ class Host:
             self.request_shutdown()
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Host:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Open every component on one :class:`~contextlib.AsyncExitStack`; if one fails, the

@@ -31,13 +31,13 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from waclient.client import Backoff
+from waclient.lifetime import Lifetime
 
 from .endpoints import Endpoint, EndpointStore
 from .events import Source, matches
@@ -102,7 +102,7 @@ class DispatcherStats:
     """Steps that failed on Redis (the dispatcher backs off and retries)."""
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(Lifetime):
     """Delivers the ``sources`` streams to every endpoint (``static`` and those in ``store``).
 
     - ``consumer``: this dispatcher's name in the consumer groups (default
@@ -183,18 +183,6 @@ class WebhookDispatcher:
         self._running = False
 
     # -- lifetime --------------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Start the workers. Returns once the endpoints known now have their groups (or
