@@ -12,8 +12,8 @@ The decision, per channel, on the samples of the measured cycles only (warm-up e
    growth (median of its last tenth minus median of its first tenth) above the channel's
    ``min_growth``.
 3. The growth must not decelerate: a first half whose slope is confidently above the second
-   half's (intervals apart, the second less than half the first) is *undecided*: more cycles
-   tell (the engine extends the run up to ``max_cycles``).
+   half's (intervals apart, the second under :data:`SETTLING_RATIO` of the first) is
+   *undecided*: more cycles tell (the engine extends the run up to ``max_cycles``).
 
 A cache that fills in the first half and then stops passes 1 but fails 2: not a leak. A slow
 steady leak passes all three. A sawtooth or bursts that free their memory fail 1. Thresholds
@@ -467,6 +467,11 @@ def _num(v: Any) -> Any:
 MIN_SAMPLES = 12
 NOISE_MULTIPLE = 3.0
 """An automatic threshold is at least this many times the channel's scatter over the span."""
+SETTLING_RATIO = 0.75
+"""Growth decelerates when the second half's slope is below this fraction of the first's (and
+their confidence intervals are apart). A fill whose rate falls as 1/cycle (a cache whose misses
+grow ever rarer, such as croniter's in ``scheduler-churn``) has a ratio of 0.71 over cycles
+100..200 and 0.51 over 100..400: a ratio of 0.5 called such fills leaks in short runs."""
 
 
 def analyze_channel(
@@ -541,7 +546,7 @@ def analyze_channel(
             f"{_g(late_slope)} {per} (p={late_p:.2g}), {_g(late_growth)} {unit} in all; "
             "a cache or pool that fills, not a leak"
         )
-    elif early_lo > late_hi and late_slope < 0.5 * early_slope:
+    elif early_lo > late_hi and late_slope < SETTLING_RATIO * early_slope:
         undecided = True
         reason = (
             f"still settling: grows {_g(early_slope)} {per} in the first half of the measured "
