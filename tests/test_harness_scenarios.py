@@ -77,7 +77,11 @@ def test_the_isolated_storm_keeps_this_process_flat() -> None:
 
 
 def test_scheduler_churn_is_bounded() -> None:
-    v = soak(resolve("scheduler-churn"), cycles=400, warmup=100)
+    # The scenario's own length (2,000 cycles, 200 warm-up). croniter's temporaries fill for
+    # several hundred cycles, more slowly and further in a process that ran other work first
+    # (after tests/test_harness_analysis.py: +296 blocks in cycles 100-600, then +74, +19, +12,
+    # +11, +3 per 500): a run of 400 cycles sits on that ramp and was called a leak in CI.
+    v = soak(resolve("scheduler-churn"))
     assert v.bounded, v.summary()
 
 
