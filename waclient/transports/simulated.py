@@ -44,6 +44,7 @@ from waclient.transports.session import install_bridge
 
 __all__ = [
     "MEDIA_KINDS",
+    "ReceiptKind",
     "SimSession",
     "SimulatedTransport",
     "SimulatedWhatsApp",
