@@ -69,10 +69,10 @@ def until(check: Any, timeout: float = 60.0) -> Any:
     return result
 
 
-def metric(api: httpx.Client, name: str, endpoint: str) -> float | None:
+def metric(api: httpx.Client, name: str, endpoint: str, label: str = "endpoint") -> float | None:
     for family in text_string_to_metric_families(api.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == name and sample.labels.get("endpoint") == endpoint:
+            if sample.name == name and sample.labels.get(label) == endpoint:
                 return float(sample.value)
     return None
 
@@ -202,6 +202,9 @@ def test_a_receipt_arrives_as_message_receipt(
         asyncio.run(sim.emit(event))
         assert rec.wait_for(lambda x: len(x.accepted) == 1)
         receipts = api.get("/health/redis").json()["events"]["receipts"]
+        published = metric(api, "waclient_events_published_total", "receipts", label="stream")
+        assert published == 1
+        assert metric(api, "waclient_events_backlog", "receipts", label="stream") == 0
     assert rec.bad_signatures == 0  # every delivery verified with standardwebhooks
     [(webhook_id, payload)] = rec.payloads.items()
     assert webhook_id.startswith("rc_")
