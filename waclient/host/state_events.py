@@ -126,15 +126,16 @@ class StateEvents(Lifetime):
         return True
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Write what Redis takes within ``timeout`` seconds; what is left is counted as
-        dropped. Idempotent."""
+        """Write what Redis takes within ``timeout`` seconds (no wait while Redis is down);
+        what is left is counted as dropped. Idempotent."""
         if self._closed:
             return
         self._closed = True
         task, self._task = self._task, None
         if task is None:
             return
-        await self.flush(timeout)
+        if self._up:
+            await self.flush(timeout)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         left = self._pending
