@@ -361,21 +361,11 @@ class Host(Lifetime):
         self.redis = redis
         stack.push_async_callback(_close_quietly, redis)
         self.redis_health = RedisHealth(redis, timeout=1.0)
-        self.state_events = await stack.enter_async_context(
-            StateEvents(
-                redis,
-                f"{s.session_name}:events",
-                maxlen=STATE_EVENTS_MAXLEN,
-                max_backlog=STATE_EVENTS_BACKLOG,
-            )
+        self.state_events = await self._open_events(
+            stack, redis, "events", STATE_EVENTS_MAXLEN, STATE_EVENTS_BACKLOG
         )
-        self.receipt_events = await stack.enter_async_context(
-            StateEvents(
-                redis,
-                f"{s.session_name}:receipts",
-                maxlen=RECEIPTS_MAXLEN,
-                max_backlog=RECEIPTS_BACKLOG,
-            )
+        self.receipt_events = await self._open_events(
+            stack, redis, "receipts", RECEIPTS_MAXLEN, RECEIPTS_BACKLOG
         )
         self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis)
         self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis)
@@ -429,6 +419,15 @@ class Host(Lifetime):
         )
         await self.webhooks.start()
         stack.push_async_callback(self.webhooks.close)
+
+    async def _open_events(
+        self, stack: AsyncExitStack, redis: Redis, name: str, maxlen: int, backlog: int
+    ) -> StateEvents:
+        """The writer of the stream ``{session}:{name}``, started; the stack closes it."""
+        events = StateEvents(
+            redis, f"{self.settings.session_name}:{name}", maxlen=maxlen, max_backlog=backlog
+        )
+        return await stack.enter_async_context(events)
 
     async def _open_recorder(
         self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis
