@@ -290,9 +290,9 @@ class Host(Lifetime):
 
     async def close(self) -> None:
         """Leave the stack: every component closes in the reverse of the order it was opened
-        in (the guard, the scheduler, the client, the recorders, their spools, Redis), so work
-        stops being taken before what it writes to goes away. Spooled records stay on disk.
-        Idempotent."""
+        in (the guard, the scheduler, the client, the recorders, their spools, the event
+        streams' writers, Redis), so work stops being taken before what it writes to goes away.
+        Spooled records stay on disk. Idempotent."""
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
