@@ -113,4 +113,4 @@ async def test_without_redis_events_are_ignored() -> None:
 @pytest.mark.parametrize("bad", [{"maxlen": 0}, {"max_backlog": 0}])
 def test_bad_settings(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError):
-        StateEvents(None, "t:events", **bad)
+        StateEvents(None, "t:events", **bad)  # type: ignore[arg-type]
