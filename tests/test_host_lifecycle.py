@@ -23,6 +23,15 @@ from waclient.spool import Spool
 from waclient.webhooks import WebhookDispatcher
 
 Log = list[tuple[str, str]]
+UNTIL_THE_OUTBOUND_SPOOL = [
+    "redis-host",
+    "stream-events",
+    "stream-receipts",
+    "spool-in",
+    "recorder-in",
+    "spool-out",
+]
+"""What the host opens first, in order."""
 
 
 def _watch(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, log: Log, label: str) -> None:
@@ -97,12 +106,7 @@ async def test_close_order_is_the_reverse_of_start_order(
         lifecycle.clear()
     closed = _order(lifecycle, {"close", "aclose"})
     assert opened == [
-        "redis-host",
-        "stream-events",
-        "stream-receipts",
-        "spool-in",
-        "recorder-in",
-        "spool-out",
+        *UNTIL_THE_OUTBOUND_SPOOL,
         "recorder-out",
         "redis-webhooks",
         "webhooks",
@@ -126,14 +130,7 @@ async def test_a_failed_start_closes_what_it_opened(
     with pytest.raises(Exception):  # noqa: B017 - sqlite's own error, whatever its class
         await host.start()
     opened = _order(lifecycle, {"start", "__init__"})
-    assert opened == [
-        "redis-host",
-        "stream-events",
-        "stream-receipts",
-        "spool-in",
-        "recorder-in",
-        "spool-out",
-    ]
+    assert opened == UNTIL_THE_OUTBOUND_SPOOL
     closes = [n for n, m in lifecycle if m in {"close", "aclose"}]
     assert closes == ["recorder-in", "spool-in", "stream-receipts", "stream-events", "redis-host"]
     assert host.inbound is not None and host.inbound.spool is not None
