@@ -8,6 +8,7 @@ import json
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from waclient.transports.simulated import ReceiptKind, receipt_event
 from waclient.webhooks import (
     Event,
     EventFilterError,
@@ -21,7 +22,7 @@ from waclient.webhooks import (
     signature_headers,
     static_endpoints,
 )
-from waclient.webhooks.events import matches
+from waclient.webhooks.events import event_from_receipt, matches
 from waclient.webhooks.urls import refused_address
 
 
@@ -144,6 +145,26 @@ def test_event_filter() -> None:
     assert matches("session.failed", ("session.*",))
     assert not matches("message.sent", ("message.received",))
     assert matches("message.sent", ())
+    assert parse_event_filter(["message.receipt", "recorder.*"]) == (
+        "message.receipt",
+        "recorder.*",
+    )
+    assert matches("message.receipt", ("message.*",))
+    assert not matches("message.receipt", ("message.received",))
+    assert matches("recorder.outage_ended", ("recorder.*",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("delivered", "delivered"), ("played", "played"), ("read_self", "read_self")]
+)
+def test_receipt_events_name_the_receipt_type(kind: ReceiptKind, name: str) -> None:
+    group = "120363000000000001@g.us"
+    member = "15550000002@s.whatsapp.net"
+    ms = 1_764_358_200_123  # a timestamp in milliseconds is read as such
+    event = event_from_receipt(receipt_event(["A"], kind, chat=group, sender=member, timestamp=ms))
+    assert event.type == "message.receipt" and event.timestamp == ms / 1000
+    assert event.data["type"] == name and event.data["message_ids"] == ["A"]
+    assert (event.data["chat"], event.data["sender"]) == (group, member)
 
 
 def test_static_endpoints_have_stable_ids() -> None:
