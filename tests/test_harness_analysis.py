@@ -64,14 +64,13 @@ def test_a_cache_still_filling_in_the_second_half_is_undecided_not_a_leak() -> N
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_a_fill_whose_rate_falls_as_one_over_cycles_is_undecided_in_a_short_run(seed: int) -> None:
-    # scheduler-churn's py_blocks in a 400-cycle run (CI): croniter's fill, ~80 ln(cycle)
-    # blocks, is still growing 0.3 blocks/cycle over cycles 100..400, 0.5x as fast in the
-    # second half as in the first. Sampled every 2 cycles, +-1 block of noise.
-    x = np.arange(100.0, 401.0, 2.0)
+def test_a_fill_whose_rate_falls_as_one_over_cycles_is_no_leak_over_a_default_run(seed: int) -> None:
+    # croniter's fill in scheduler-churn (~82 ln(cycle) blocks), sampled every 2 cycles with
+    # +-1 block of noise, over a default run's measured cycles (200..2,000).
+    x = np.arange(200.0, 2001.0, 2.0)
     y = 546_000 + np.round(82.0 * np.log(x) + np.random.default_rng(seed).normal(0, 1, x.shape))
     r = analyze_channel("py_blocks", "blocks", x, y, threshold=0.05)
-    assert not r.leaking and r.undecided, r.reason
+    assert not r.leaking and r.kind in ("undecided", "plateau"), r.reason
 
 
 @pytest.mark.parametrize("seed", range(10))
