@@ -174,6 +174,20 @@ def test_scenarios_lists_every_built_in(workdir: Path) -> None:
         assert name in p.stdout
 
 
+def test_a_reader_that_went_away_is_exit_2_in_one_line(workdir: Path) -> None:
+    # `python -m harness scenarios | head -1`: stdout is a pipe whose reader has gone.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = dict(os.environ, PYTHONPATH=str(Path(harness_package.__file__).resolve().parent.parent))
+    with os.fdopen(write_end, "wb") as stdout:
+        p = subprocess.run(
+            [sys.executable, "-m", "harness", "scenarios"], cwd=workdir, env=env,
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == "harness: standard output was closed before everything was written"
+
+
 def test_report_rerenders_from_the_json(workdir: Path) -> None:
     assert harness(workdir, "soak", "--scenario", "usercycles:leaky", "--cycles", "300",
                    "--report", "rep").returncode == 1  # fmt: skip

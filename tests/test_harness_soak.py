@@ -52,7 +52,10 @@ def test_one_small_object_per_cycle_is_found_within_2000_cycles() -> None:
 
     v = soak(cycle, cycles=2000)
     assert not v.bounded
-    assert v.leaking_channels == ["py_blocks"]
+    # The objects and the list that keeps them cost this process ~24 B/cycle of memory (16 B
+    # pymalloc blocks, 8 B of list): rss may rightly see it too; nothing else grows.
+    assert "py_blocks" in v.leaking_channels, v.summary()
+    assert set(v.leaking_channels) <= {"py_blocks", "rss", "heap"}, v.summary()
     py = v.channels["py_blocks"]
     assert 0.9 < py.slope_per_cycle < 1.1 and py.confidence == 0.99
     assert v.tracked and any(s.mentions(*line_of(cycle, "# the leak")) for s in v.leak_sites)
