@@ -64,7 +64,7 @@ def test_a_cache_still_filling_in_the_second_half_is_undecided_not_a_leak() -> N
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_a_fill_whose_rate_falls_as_one_over_cycles_is_no_leak_over_a_default_run(seed: int) -> None:
+def test_a_fill_falling_as_one_over_cycles_is_no_leak_over_a_default_run(seed: int) -> None:
     # croniter's fill in scheduler-churn (~82 ln(cycle) blocks), sampled every 2 cycles with
     # +-1 block of noise, over a default run's measured cycles (200..2,000).
     x = np.arange(200.0, 2001.0, 2.0)
