@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -23,7 +25,7 @@ from waclient.webhooks import (
     static_endpoints,
 )
 from waclient.webhooks.events import event_from_receipt, matches
-from waclient.webhooks.urls import refused_address
+from waclient.webhooks.urls import pin_url, refused_address
 
 
 def test_signature_verifies_with_standardwebhooks() -> None:
@@ -127,6 +129,29 @@ async def test_loopback_urls_need_allow_private(url: str) -> None:
     with pytest.raises(WebhookURLError, match="ALLOW_PRIVATE"):
         await check_url(url)
     await check_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "pinned", "host", "sni"),
+    [
+        ("https://hooks.example/a?b=1", "93.184.215.14", "https://93.184.215.14/a?b=1",
+         "hooks.example", "hooks.example"),
+        ("http://hooks.example:8080/a", "2606:4700::1111", "http://[2606:4700::1111]:8080/a",
+         "hooks.example:8080", None),
+    ],
+)  # fmt: skip
+async def test_a_url_is_pinned_to_the_address_it_was_checked_at(
+    url: str, address: str, pinned: str, host: str, sni: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    async def getaddrinfo(name: str, port: int, **_: object) -> list[object]:
+        return [(socket.AF_INET6 if ":" in address else socket.AF_INET, 1, 6, "", (address, port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    target = await pin_url(url)
+    assert (target.url, target.headers) == (pinned, {"host": host})
+    assert target.extensions == ({"sni_hostname": sni} if sni else {})
+    assert (await pin_url(url, allow_private=True)).url == url  # no policy: as it is
 
 
 async def test_unresolvable_host_is_refused() -> None:
