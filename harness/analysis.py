@@ -471,7 +471,7 @@ SETTLING_RATIO = 0.5
 """Growth decelerates when the second half's slope is below this fraction of the first's (and
 their confidence intervals are apart). A fill whose rate falls as 1/cycle has a ratio of 0.71
 over cycles 100..200, 0.51 over 100..400 and 0.35 over 200..2,000: a short run on such a ramp is
-called a leak; its warm-up must cover the ramp (docs/harness.md, "Settling"). A looser ratio
+called a leak; its warm-up must cover the ramp (docs/harness.md, "Undecided"). A looser ratio
 (0.75) turned the raw neonize storm's rss, whose growth follows Go's heap pacing, from a leak into
 "undecided"."""
 
