@@ -20,15 +20,15 @@ the lease.
 A settle that cannot reach Redis (an outage that starts between the send and the settle) is kept
 in memory as a *pending settle* and the tick stops there (the rest of its claimed batch is
 claimed again, unsent, when their lease ends). Every tick first runs the pending settles and
-claims nothing while one is left, so this scheduler never claims a job again before settling it.
-Running a settle again is harmless: once it has applied, or once the job was cancelled or
-re-claimed, the token no longer matches and the script does nothing. The list holds only jobs
+claims nothing while one is left, so this scheduler never claims again a job whose settle is
+pending. Running a settle again is harmless: once it has applied, or once the job was cancelled
+or re-claimed, the token no longer matches and the script does nothing. The list holds only jobs
 this scheduler claimed, at most one per tick in progress (the runner runs one at a time).
-:meth:`Scheduler.close` tries them once more (for at most a few seconds) and logs a WARNING
-naming the jobs it could not settle.
+:meth:`Scheduler.close` tries them once more (for at most 3 seconds) and logs a WARNING naming
+the jobs it could not settle.
 
-So a successful send is sent once, except in two cases, where it may be sent again after the
-lease: the process dies between the send and the settle (or closes with settles still pending),
+So a successful send is not repeated, except in two cases, where it may be sent again after
+the lease: the process dies between the send and the settle (or closes with settles still pending),
 or Redis stays unreachable from this scheduler past the end of the lease and another scheduler
 (another process, or any scheduler on the other side of a partition) claims the job before this
 one settles it. A send that times out counts as failed and is retried, though it may have gone
