@@ -297,7 +297,7 @@ async def test_close_with_redis_still_down_warns_once_naming_the_jobs(
             await s.close()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and job.id in warnings[0].getMessage()
-    assert "claimed (and sent) again" in warnings[0].getMessage()
+    assert "sent again" in warnings[0].getMessage()
     assert s.statistics().pending_settles == 1  # kept: a later tick would still settle it
     fault_proxy.blackhole(False)
     assert await s.tick(T0 + timedelta(minutes=1) + 2 * LEASE) == []

@@ -722,8 +722,8 @@ class Scheduler(Lifetime):
                 await self._settle_pending()
         if self._pending:
             log.warning(
-                "scheduler %s: closed with %d sends not settled (Redis unreachable): "
-                "jobs %s will be claimed (and sent) again when their lease ends",
+                "scheduler %s: closed with %d settles pending (Redis unreachable): jobs %s "
+                "will be claimed again when their lease ends (those sent, sent again)",
                 self.namespace,
                 len(self._pending),
                 ", ".join(sorted(self._pending)),
