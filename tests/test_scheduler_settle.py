@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from test_scheduler import HeldSend
 
 from harness.faults import FaultProxy, RedisServer
 from waclient.redis import open_redis
@@ -190,26 +191,20 @@ async def test_past_the_lease_another_scheduler_may_send_again_and_the_retry_lea
     claims the job first. ``a``'s late settle must not touch ``b``'s claim."""
     out_a = Outbox(lambda: cut(fault_proxy))
     a = Scheduler(proxied, out_a, namespace=NS)
-    sending, release = asyncio.Event(), asyncio.Event()
-
-    async def held(chat: str, text: str) -> object:
-        sending.set()
-        await release.wait()
-        return None
-
+    held = HeldSend()
     b = Scheduler(direct, held, namespace=NS)
     job = await a.create_cron("c", "cron", "*/5 * * * *", now=T0)
     first = T0 + timedelta(minutes=5)
     await tick_fails(a, first)
     later = first + LEASE + timedelta(seconds=1)
     b_tick = asyncio.create_task(b.tick(later))
-    await asyncio.wait_for(sending.wait(), 30)  # b claimed it: the lease had ended
+    await asyncio.wait_for(held.sending.wait(), 30)  # b claimed it: the lease had ended
     fault_proxy.heal()
     assert await a.tick(later) == []  # a's settle finds b's token: nothing done, nothing claimed
     held_by_b = await a.get(job.id)
     assert held_by_b is not None and held_by_b.claimed and held_by_b.runs == 0
     assert a.statistics().pending_settles == 0
-    release.set()
+    held.release.set()
     assert await b_tick == [job.id]
     settled = await a.get(job.id)
     assert settled is not None and not settled.claimed and settled.runs == 1
