@@ -325,6 +325,8 @@ class _Run:
         self._tmp: str | None = None
         self._tick_t = 0.0
         self._tick_i = 0
+        self._at = 0
+        """The cycle an async run is at: set when a run of cycles starts and when one fails."""
         self._phase = "setup"
 
     # -- the steps ------------------------------------------------------------------------------
@@ -355,7 +357,8 @@ class _Run:
         The inner loop runs the ``every`` cycles between two samples and nothing else: the
         sample, the progress tick and the deadline come between those runs. The first cycle
         of the soak tells whether cycles return awaitables; a cycle that returns none runs in
-        a loop that does not look at what it returns.
+        a loop that does not look at what it returns, and the cycles of an async one run in
+        one coroutine per run (:meth:`_await_cycles`), each awaited as a bare loop awaits it.
         """
         sampler = self.sampler
         assert sampler is not None
@@ -373,33 +376,43 @@ class _Run:
                     r = cycle(i)
                     self.awaits = r is not None and isawaitable(r)
                     if self.awaits:
+                        self._at = i
                         yield r
                     i += 1
                 if self.awaits:
-                    for i in range(i, run_stop):  # noqa: B020 - i is the failing cycle's index
-                        r = cycle(i)
-                        if r is not None:
-                            yield r
+                    if i < run_stop:
+                        self._at = i
+                        yield self._await_cycles(cycle, i, run_stop)
+                    i = self._at = run_stop - 1
                 else:
-                    for i in range(i, run_stop):  # noqa: B020
+                    for i in range(i, run_stop):  # noqa: B020 - i is the failing cycle's index
                         cycle(i)
                 sample(run_stop)
                 if i >= tick_at:
                     tick_at = self._tick(phase, i, start, stop)
-        except SoakTimeout:
+        except BaseException as exc:
+            if self.awaits:
+                i = self._at
             self.failed_at = i
-            raise SoakTimeout(self.cfg.timeout or 0.0, i, self.cfg.cycles) from None
-        except SoakError:
-            self.failed_at = i
-            raise
-        except Exception as exc:
-            self.failed_at = i
-            raise CycleError(i, phase, exc) from exc
-        except BaseException:
-            self.failed_at = i
+            if isinstance(exc, SoakTimeout):
+                raise SoakTimeout(self.cfg.timeout or 0.0, i, self.cfg.cycles) from None
+            if isinstance(exc, Exception) and not isinstance(exc, SoakError):
+                raise CycleError(i, phase, exc) from exc
             raise
         self.seconds[phase] += time.perf_counter() - t0
         self.report(phase, stop - start, stop - start)
+
+    async def _await_cycles(self, cycle: Cycle, start: int, stop: int) -> None:
+        """Cycles ``start..stop`` of an async cycle in a row; ``_at`` is the failing one's index."""
+        i = start
+        try:
+            for i in range(start, stop):
+                r = cycle(i)
+                if r is not None:
+                    await r
+        except BaseException:
+            self._at = i
+            raise
 
     # -- progress and deadline ------------------------------------------------------------------
 

@@ -375,6 +375,18 @@ def test_a_cycle_that_raises_is_reported_with_its_index() -> None:
     assert isinstance(info.value.__cause__, KeyError)
 
 
+@pytest.mark.parametrize(("failing", "phase"), [(1, "warm-up"), (250, "measured")])
+def test_an_async_cycle_that_raises_is_reported_with_its_index(failing: int, phase: str) -> None:
+    async def cycle(i: int) -> None:
+        if i == failing:
+            raise KeyError("gone")
+
+    with pytest.raises(CycleError) as info:
+        soak(cycle, cycles=400)
+    assert info.value.cycle == failing and info.value.phase == phase
+    assert isinstance(info.value.__cause__, KeyError)
+
+
 def test_a_hung_sync_cycle_times_out() -> None:
     def cycle(i: int) -> None:
         if i == 150:
