@@ -1,10 +1,11 @@
 """The ``host`` scenario's rig: the host in a process of its own, served as in production, and
 the load (ordinary and hostile) from another.
 
-Four processes:
+Five processes:
 
 - **the scenario process** (the harness's): it drives the cycles, reads the host's channels
-  over a control pipe, cuts Redis every ``outage_every`` cycles, and runs the analysis;
+  over a control pipe, cuts Redis every ``outage_every`` cycles, kills and restarts the webhook
+  receiver, and runs the analysis;
 - **the fault process** (``python -P harness/host_soak.py faults``): a real redis-server
   behind a :class:`~harness.faults.FaultProxy` (its pump threads stay out of the processes
   measured);
@@ -17,14 +18,22 @@ Four processes:
 - **the load process** (``python -P harness/host_soak.py load URL OUT SEED``): an ordinary
   client (sends, schedules, cancels, lists, reads) from 127.0.0.1, and hostile traffic mixed
   in from other loopback addresses: slow connections holding unfinished headers, oversized
-  headers, bad JSON and out-of-range dates, oversized bodies, wrong keys.
+  headers, bad JSON and out-of-range dates, oversized bodies, wrong keys;
+- **the webhook receiver** (:class:`~harness.webhook_receiver.ReceiverProcess`), the host's
+  one configured endpoint (``WACLIENT_WEBHOOK_URLS``): it verifies every signature with
+  ``standardwebhooks`` and is SIGKILLed for the last ``receiver_cycles`` of every
+  ``receiver_every`` cycles, so the host's dispatcher retries, leaves the backlog in Redis and
+  drains it when the receiver is back.
 
 The scenario's channels are the host process's (``host_*``, measured there after a
 ``gc.collect()``), its worker's RSS, and host + worker RSS; the harness's own channels are the
 scenario process's. After the run every message the host accepted must be in Redis, once;
 no answer may be a 5xx other than the documented 503s; every hostile request must be answered
 4xx (or cut off); every job left in Redis (one-shots whose sends failed while the session
-reconnected wait for their retry) must be one the ordinary client scheduled, and readable.
+reconnected wait for their retry) must be one the ordinary client scheduled, and readable;
+every event in the streams the dispatcher reads (``webhook-id`` ``<source>_<entry id>``) must
+have reached the receiver with a valid signature (more than once only after a lost answer: at
+least once), none dead-lettered.
 """
 
 from __future__ import annotations
@@ -45,7 +54,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the host and load processes cannot import the harness (``-P``)
+    from harness.webhook_receiver import ReceiverProcess
 
 __all__ = ["ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "host_rig", "problems_of"]
 
@@ -77,6 +89,13 @@ SLOW_CONNECTIONS = 8
 BIG_HEADER_BYTES = 2**20
 HEAD = b"GET /health HTTP/1.1\r\nHost: soak\r\n"
 HOST_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+BACKLOG_CAP = 10_000
+SESSION = "waclient"
+"""The host's session name: the prefix of its streams."""
+DRAIN_SECONDS = 300.0
+"""After the run, the longest wait for the receiver to have every event (a guard against a
+hang: deliveries whose answer was lost in a Redis cut wait ``claim_idle`` (60 s) to be taken
+over)."""
 
 
 # -- the scenario process's side -------------------------------------------------------------------
@@ -88,45 +107,60 @@ def host_rig(
     requests_per_cycle: int = 10,
     outage_every: int = 100,
     outage_cycles: int | None = None,
+    receiver_every: int = 30,
+    receiver_cycles: int = 10,
     seed: int = 1,
     summary_path: str | None = None,
 ) -> Iterator[Any]:
-    """The fault, host and load processes; yields the :class:`~harness.model.Workload` that
-    drives them. After the cycles: the checks (:func:`problems_of`); problems raise
-    ``RuntimeError`` (after the summary went to ``summary_path`` as JSON, when given)."""
+    """The fault, host, load and receiver processes; yields the
+    :class:`~harness.model.Workload` that drives them. The webhook receiver is down for the
+    last ``receiver_cycles`` of every ``receiver_every``. After the cycles: the checks
+    (:func:`problems_of`); problems raise ``RuntimeError`` (after the summary went to
+    ``summary_path`` as JSON, when given)."""
     import redis as redis_sync
 
     from harness.model import Workload
+    from harness.webhook_receiver import ReceiverProcess
+    from waclient.webhooks.signing import generate_secret
 
     outage_cycles = max(1, outage_every // 10) if outage_cycles is None else outage_cycles
     if outage_every // 2 + outage_cycles >= outage_every:
         raise ValueError("an outage must end within its period")
+    if not 0 < receiver_cycles < receiver_every:
+        raise ValueError("the receiver must be up for part of its period")
     with tempfile.TemporaryDirectory(prefix="soak-host-") as tmp:
+        secret = generate_secret()
+        receiver = ReceiverProcess(secret, Path(tmp) / "webhook-ids")
         faults = _Controlled(["faults"], Path(tmp) / "faults.log")
+        direct: Any = redis_sync.Redis.from_url(faults.ready["direct"])  # Redis itself
+        hooks = _Webhooks(receiver, receiver_every, receiver_cycles, direct)
         host: _Controlled | None = None
         drive: _Driver | None = None
         try:
-            host = _Controlled(["host", json.dumps(_host_settings(tmp, faults.ready["url"]))],
-                               Path(tmp) / "host.log")  # fmt: skip
+            receiver.start()
+            settings = _host_settings(tmp, faults.ready["url"], receiver.url, secret)
+            host = _Controlled(["host", json.dumps(settings)], Path(tmp) / "host.log")
             url = host.ready["url"]
             loader = _start(["load", url, str(Path(tmp) / "load.json"), str(seed)],
                             Path(tmp) / "load.log")  # fmt: skip
-            drive = _Driver(host, faults, loader, requests_per_cycle, outage_every,
+            drive = _Driver(host, faults, loader, hooks, requests_per_cycle, outage_every,
                             outage_cycles)  # fmt: skip
             notes: list[str] = []
             yield Workload(drive.cycle, probes=drive.probes(), notes=notes)
             drive.stop()
             load = json.loads((Path(tmp) / "load.json").read_text())
             final = host.call("final")
-            with redis_sync.Redis.from_url(faults.ready["direct"]) as r:
-                stored = [f[b"id"].decode() for _, f in r.xrange("waclient:messages:out")]
+            delivery = hooks.tally(host)
+            stored = [f[b"id"].decode() for _, f in direct.xrange(f"{SESSION}:messages:out")]
         finally:
             if drive is not None:
                 drive.stop()
             if host is not None:
                 host.close()
             faults.close()
-        summary = _summary(drive, load, final, stored)
+            receiver.stop()
+            direct.close()
+        summary = _summary(drive, load, final, stored) | delivery
         notes.extend(_notes(summary))
         if summary_path:
             Path(summary_path).write_text(json.dumps(summary, indent=1, default=str))
@@ -159,15 +193,28 @@ def problems_of(summary: dict[str, Any]) -> list[str]:
             f"jobs the ordinary client never scheduled: {summary['foreign_jobs']}, "
             f"unreadable: {summary['unreadable_jobs']}"
         )
+    if summary["webhook_missing"]:
+        problems.append(
+            f"{summary['webhook_missing']} of {summary['webhook_events']} recorded events never "
+            f"reached the webhook receiver"
+        )
+    if summary["webhook_bad_signatures"] or summary["webhook_dead_lettered"]:
+        problems.append(
+            f"webhooks: {summary['webhook_bad_signatures']} bad signatures, "
+            f"{summary['webhook_dead_lettered']} dead-lettered"
+        )
     if summary["host_heavy_modules"]:
         problems.append(f"the host process imported {summary['host_heavy_modules']}")
     return problems
 
 
-def _host_settings(tmp: str, redis_url: str) -> dict[str, Any]:
-    """``waclient.host.load_settings`` overrides: fast reconnects, no rate limits in the way."""
+def _host_settings(tmp: str, redis_url: str, webhook_url: str, secret: str) -> dict[str, Any]:
+    """``waclient.host.load_settings`` overrides: fast reconnects, no rate limits in the way, one
+    webhook endpoint on loopback (the delivery settings are the host's defaults)."""
     return {
-        "api_key": KEY, "transport": "isolated", "worker": "simulated", "redis_url": redis_url,
+        "api_key": KEY, "session_name": SESSION, "webhook_urls": webhook_url,
+        "webhook_secret": secret, "webhook_allow_private": True,
+        "transport": "isolated", "worker": "simulated", "redis_url": redis_url,
         "session_dir": str(Path(tmp) / "session"), "bind": "127.0.0.1", "log_level": "warning",
         "backoff_initial": 0.01, "backoff_max": 0.05, "max_failures": 10**6,
         "send_rate": 10**6, "send_burst": 10**6, "schedule_rate": 10**6,
@@ -228,11 +275,12 @@ class _Driver:
         host: _Controlled,
         faults: _Controlled,
         loader: subprocess.Popen[str],
+        hooks: _Webhooks,
         requests_per_cycle: int,
         outage_every: int,
         outage_cycles: int,
     ) -> None:
-        self.host, self.faults, self.loader = host, faults, loader
+        self.host, self.faults, self.loader, self.hooks = host, faults, loader, hooks
         self.per_cycle, self.every, self.lasts = requests_per_cycle, outage_every, outage_cycles
         self.done = 0
         self.cut = False
@@ -254,6 +302,7 @@ class _Driver:
             self.cut, self.outages = True, self.outages + 1
         elif phase == self.every // 2 + self.lasts and self.cut:
             self.heal()
+        self.hooks.cycle(i)
         self.done = i + 1
 
     def heal(self) -> None:
@@ -289,11 +338,88 @@ class _Driver:
         return read
 
     def stop(self) -> None:
-        """Stop the load (it writes its tally), end an outage; once."""
+        """Stop the load (it writes its tally), end the outages (Redis, receiver); once."""
         if not self.seconds:
             self.seconds = time.monotonic() - self.started
             _stop(self.loader, signal.SIGTERM)
         self.heal()
+        self.hooks.up()
+
+
+class _Webhooks:
+    """The webhook receiver's outages, the backlog they leave in Redis (read there after every
+    cycle), and after the run the tally of what reached the receiver."""
+
+    def __init__(self, receiver: ReceiverProcess, every: int, down: int, redis: Any) -> None:
+        from waclient.webhooks import default_sources
+
+        self.receiver, self.every, self.down, self.redis = receiver, every, down, redis
+        self.streams = {source.name: source.stream for source in default_sources(SESSION)}
+        self.outages = 0
+        self.peak_backlog = 0
+
+    def cycle(self, i: int) -> None:
+        """Down for the last ``down`` cycles of every ``every``, up otherwise."""
+        down = i % self.every >= self.every - self.down
+        if down and self.receiver.running:
+            self.receiver.stop()
+            self.outages += 1
+        elif not down:
+            self.up()
+        self.peak_backlog = max(self.peak_backlog, self.backlog())
+
+    def up(self) -> None:
+        if not self.receiver.running:
+            self.receiver.start()
+
+    def backlog(self) -> int:
+        """Entries of the source streams that the webhook groups have pending or not read yet
+        (counted, as Redis < 7 reports no ``lag``; up to :data:`BACKLOG_CAP` per stream)."""
+        from redis.exceptions import ResponseError
+
+        total = 0
+        for stream in self.streams.values():
+            try:
+                groups = self.redis.xinfo_groups(stream)
+            except ResponseError:  # the stream does not exist yet
+                continue
+            for group in groups:
+                if group["name"].startswith(b"webhook:"):
+                    after = b"(" + group["last-delivered-id"]
+                    unread = self.redis.xrange(stream, after, "+", count=BACKLOG_CAP)
+                    total += group["pending"] + len(unread)
+        return int(total)
+
+    def tally(self, host: _Controlled) -> dict[str, Any]:
+        """Wait until every event now in the source streams reached the receiver (at most
+        :data:`DRAIN_SECONDS`), then count."""
+        self.up()
+        expected = {
+            f"{name}_{entry.decode()}"
+            for name, stream in self.streams.items()
+            for entry, _ in self.redis.xrange(stream)
+        }
+        started = time.monotonic()
+        while (missing := expected - self.receiver.ids().keys()) and (
+            time.monotonic() - started < DRAIN_SECONDS
+        ):
+            time.sleep(0.1)
+        drained = time.monotonic() - started
+        dispatcher = host.call("webhooks")
+        counts = self.receiver.counts()
+        return {
+            "webhook_events": len(expected),
+            "webhook_missing": len(missing),
+            "webhook_deliveries": counts.deliveries,
+            "webhook_distinct": counts.distinct,
+            "webhook_bad_signatures": counts.bad_signatures,
+            "webhook_failed_attempts": dispatcher["failed"],
+            "webhook_dead_lettered": dispatcher["dead_lettered"],
+            "webhook_redis_errors": dispatcher["redis_errors"],
+            "webhook_peak_backlog": self.peak_backlog,
+            "webhook_last_drain_seconds": round(drained, 1),
+            "receiver_outages": self.outages,
+        }
 
 
 def _summary(
@@ -330,6 +456,14 @@ def _notes(s: dict[str, Any]) -> list[str]:
         f"scheduled sent), {hostile} hostile ({s['hostile']})",
         f"Redis: {s['records_in_redis']} records, {s['missing_in_redis']} missing, "
         f"{s['duplicates_in_redis']} duplicates; HTTP guard: {s['http_guard']}",
+        f"webhooks: receiver down {s['receiver_outages']} times, backlog in Redis up to "
+        f"{s['webhook_peak_backlog']} events; {s['webhook_events']} events recorded, "
+        f"{s['webhook_distinct']} distinct webhook-ids received "
+        f"({s['webhook_deliveries'] - s['webhook_distinct']} duplicates), "
+        f"{s['webhook_missing']} missing, {s['webhook_bad_signatures']} bad signatures, "
+        f"{s['webhook_failed_attempts']} failed attempts, {s['webhook_dead_lettered']} "
+        f"dead-lettered; the last backlog delivered {s['webhook_last_drain_seconds']} s "
+        f"after the host's final figures",
     ]
 
 
@@ -473,6 +607,8 @@ class _HostControl:
             return self.stats()
         if msg["cmd"] == "final":
             return await self.final()
+        if msg["cmd"] == "webhooks":
+            return self.webhooks()
         raise ValueError(f"unknown command {msg['cmd']!r}")
 
     async def cycle(self, target: int) -> dict[str, Any]:
@@ -503,6 +639,14 @@ class _HostControl:
             "threads": _os_threads(), "tasks": len(asyncio.all_tasks()),
             "worker_rss": worker, "total_rss": rss + worker,
         }  # fmt: skip
+
+    def webhooks(self) -> dict[str, Any]:
+        """The dispatcher's counters."""
+        dispatcher = self.host.webhooks
+        assert dispatcher is not None, "the host runs no webhook dispatcher"
+        st = dispatcher.statistics()
+        names = ("delivered", "failed", "retried", "dead_lettered", "in_flight", "redis_errors")
+        return {name: getattr(st, name) for name in names}
 
     async def final(self) -> dict[str, Any]:
         """After the load stopped: the last jobs fired, everything in Redis; the figures."""
