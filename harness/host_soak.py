@@ -343,12 +343,12 @@ class _Driver:
             self.seconds = time.monotonic() - self.started
             _stop(self.loader, signal.SIGTERM)
         self.heal()
-        self.hooks.up()
+        self.hooks.end()
 
 
 class _Webhooks:
-    """The webhook receiver's outages, the backlog they leave in Redis (read there after every
-    cycle), and after the run the tally of what reached the receiver."""
+    """The webhook receiver's outages, the backlog each leaves in Redis (read there before the
+    receiver comes back), and after the run the tally of what reached the receiver."""
 
     def __init__(self, receiver: ReceiverProcess, every: int, down: int, redis: Any) -> None:
         from waclient.webhooks import default_sources
@@ -357,6 +357,7 @@ class _Webhooks:
         self.streams = {source.name: source.stream for source in default_sources(SESSION)}
         self.outages = 0
         self.peak_backlog = 0
+        self.ended = 0.0
 
     def cycle(self, i: int) -> None:
         """Down for the last ``down`` cycles of every ``every``, up otherwise."""
@@ -366,11 +367,17 @@ class _Webhooks:
             self.outages += 1
         elif not down:
             self.up()
-        self.peak_backlog = max(self.peak_backlog, self.backlog())
 
     def up(self) -> None:
+        """The receiver back (after the backlog its outage left was measured)."""
         if not self.receiver.running:
+            self.peak_backlog = max(self.peak_backlog, self.backlog())
             self.receiver.start()
+
+    def end(self) -> None:
+        """The load stopped: the receiver up for good; :meth:`tally` counts from now."""
+        self.up()
+        self.ended = self.ended or time.monotonic()
 
     def backlog(self) -> int:
         """Entries of the source streams that the webhook groups have pending or not read yet
@@ -391,9 +398,8 @@ class _Webhooks:
         return int(total)
 
     def tally(self, host: _Controlled) -> dict[str, Any]:
-        """Wait until every event now in the source streams reached the receiver (at most
-        :data:`DRAIN_SECONDS`), then count."""
-        self.up()
+        """After :meth:`end`: wait until every event now in the source streams reached the
+        receiver (at most :data:`DRAIN_SECONDS`), then count."""
         expected = {
             f"{name}_{entry.decode()}"
             for name, stream in self.streams.items()
@@ -404,7 +410,7 @@ class _Webhooks:
             time.monotonic() - started < DRAIN_SECONDS
         ):
             time.sleep(0.1)
-        drained = time.monotonic() - started
+        drained = time.monotonic() - self.ended
         dispatcher = host.call("webhooks")
         counts = self.receiver.counts()
         return {
@@ -417,7 +423,7 @@ class _Webhooks:
             "webhook_dead_lettered": dispatcher["dead_lettered"],
             "webhook_redis_errors": dispatcher["redis_errors"],
             "webhook_peak_backlog": self.peak_backlog,
-            "webhook_last_drain_seconds": round(drained, 1),
+            "webhook_delivered_seconds_after_load": round(drained, 1),
             "receiver_outages": self.outages,
         }
 
@@ -456,14 +462,14 @@ def _notes(s: dict[str, Any]) -> list[str]:
         f"scheduled sent), {hostile} hostile ({s['hostile']})",
         f"Redis: {s['records_in_redis']} records, {s['missing_in_redis']} missing, "
         f"{s['duplicates_in_redis']} duplicates; HTTP guard: {s['http_guard']}",
-        f"webhooks: receiver down {s['receiver_outages']} times, backlog in Redis up to "
-        f"{s['webhook_peak_backlog']} events; {s['webhook_events']} events recorded, "
+        f"webhooks: receiver down {s['receiver_outages']} times, backlog in Redis (as it came "
+        f"back) up to {s['webhook_peak_backlog']} events; {s['webhook_events']} events recorded, "
         f"{s['webhook_distinct']} distinct webhook-ids received "
         f"({s['webhook_deliveries'] - s['webhook_distinct']} duplicates), "
         f"{s['webhook_missing']} missing, {s['webhook_bad_signatures']} bad signatures, "
         f"{s['webhook_failed_attempts']} failed attempts, {s['webhook_dead_lettered']} "
-        f"dead-lettered; the last backlog delivered {s['webhook_last_drain_seconds']} s "
-        f"after the host's final figures",
+        f"dead-lettered; all delivered {s['webhook_delivered_seconds_after_load']} s after "
+        f"the load stopped",
     ]
 
 
