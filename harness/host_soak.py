@@ -4,11 +4,11 @@ the load (ordinary and hostile) from another.
 Five processes:
 
 - **the scenario process** (the harness's): it drives the cycles, reads the host's channels
-  over a control pipe, cuts Redis every ``outage_every`` cycles, kills and restarts the webhook
-  receiver, and runs the analysis;
-- **the fault process** (``python -P harness/host_soak.py faults``): a real redis-server
-  behind a :class:`~harness.faults.FaultProxy` (its pump threads stay out of the processes
-  measured);
+  over a control pipe, cuts Redis every ``outage_every`` cycles, has the webhook receiver
+  killed for the last ``receiver_cycles`` of every ``receiver_every``, and runs the analysis;
+- **the fault process** (``python -P harness/host_soak.py faults IDS_FILE``): a real
+  redis-server behind a :class:`~harness.faults.FaultProxy`, and the webhook receiver's
+  control (its pump threads, subprocesses and Redis reads stay out of the processes measured);
 - **the host process** (``python -P harness/host_soak.py host SETTINGS``): the app of
   ``waclient.host.create_app`` under ``uvicorn`` with ``waclient.host.http_guard.server_config``
   (what ``python -m waclient.host`` serves), the isolated transport with a simulated worker,
@@ -19,11 +19,10 @@ Five processes:
   client (sends, schedules, cancels, lists, reads) from 127.0.0.1, and hostile traffic mixed
   in from other loopback addresses: slow connections holding unfinished headers, oversized
   headers, bad JSON and out-of-range dates, oversized bodies, wrong keys;
-- **the webhook receiver** (:class:`~harness.webhook_receiver.ReceiverProcess`), the host's
-  one configured endpoint (``WACLIENT_WEBHOOK_URLS``): it verifies every signature with
-  ``standardwebhooks`` and is SIGKILLed for the last ``receiver_cycles`` of every
-  ``receiver_every`` cycles, so the host's dispatcher retries, leaves the backlog in Redis and
-  drains it when the receiver is back.
+- **the webhook receiver** (:class:`~harness.webhook_receiver.ReceiverProcess`, a child of the
+  fault process), the host's one configured endpoint (``WACLIENT_WEBHOOK_URLS``): it verifies
+  every signature with ``standardwebhooks``; SIGKILLed, it leaves the host's dispatcher
+  retrying and the backlog in Redis, drained when it is back.
 
 The scenario's channels are the host process's (``host_*``, measured there after a
 ``gc.collect()``), its worker's RSS, and host + worker RSS; the harness's own channels are the
@@ -57,6 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the host and load processes cannot import the harness (``-P``)
+    from redis import Redis
+
     from harness.webhook_receiver import ReceiverProcess
 
 __all__ = ["ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "host_rig", "problems_of"]
@@ -93,9 +94,8 @@ BACKLOG_CAP = 10_000
 SESSION = "waclient"
 """The host's session name: the prefix of its streams."""
 DRAIN_SECONDS = 300.0
-"""After the run, the longest wait for the receiver to have every event (a guard against a
-hang: deliveries whose answer was lost in a Redis cut wait ``claim_idle`` (60 s) to be taken
-over)."""
+"""After the run, the longest wait for the receiver to have every event: a guard against a
+hang (a delivery left pending by a Redis error waits ``claim_idle``, 60 s, to be taken over)."""
 
 
 # -- the scenario process's side -------------------------------------------------------------------
@@ -120,8 +120,6 @@ def host_rig(
     import redis as redis_sync
 
     from harness.model import Workload
-    from harness.webhook_receiver import ReceiverProcess
-    from waclient.webhooks.signing import generate_secret
 
     outage_cycles = max(1, outage_every // 10) if outage_cycles is None else outage_cycles
     if outage_every // 2 + outage_cycles >= outage_every:
@@ -129,37 +127,31 @@ def host_rig(
     if not 0 < receiver_cycles < receiver_every:
         raise ValueError("the receiver must be up for part of its period")
     with tempfile.TemporaryDirectory(prefix="soak-host-") as tmp:
-        secret = generate_secret()
-        receiver = ReceiverProcess(secret, Path(tmp) / "webhook-ids")
-        faults = _Controlled(["faults"], Path(tmp) / "faults.log")
-        direct: Any = redis_sync.Redis.from_url(faults.ready["direct"])  # Redis itself
-        hooks = _Webhooks(receiver, receiver_every, receiver_cycles, direct)
+        faults = _Controlled(["faults", str(Path(tmp) / "webhook-ids")], Path(tmp) / "faults.log")
         host: _Controlled | None = None
         drive: _Driver | None = None
         try:
-            receiver.start()
-            settings = _host_settings(tmp, faults.ready["url"], receiver.url, secret)
+            settings = _host_settings(tmp, faults.ready)
             host = _Controlled(["host", json.dumps(settings)], Path(tmp) / "host.log")
             url = host.ready["url"]
             loader = _start(["load", url, str(Path(tmp) / "load.json"), str(seed)],
                             Path(tmp) / "load.log")  # fmt: skip
-            drive = _Driver(host, faults, loader, hooks, requests_per_cycle, outage_every,
-                            outage_cycles)  # fmt: skip
+            drive = _Driver(host, faults, loader, requests_per_cycle, (outage_every,
+                            outage_cycles), (receiver_every, receiver_cycles))  # fmt: skip
             notes: list[str] = []
             yield Workload(drive.cycle, probes=drive.probes(), notes=notes)
             drive.stop()
             load = json.loads((Path(tmp) / "load.json").read_text())
             final = host.call("final")
-            delivery = hooks.tally(host)
-            stored = [f[b"id"].decode() for _, f in direct.xrange(f"{SESSION}:messages:out")]
+            delivery = _delivery(faults, host, drive.ended)
+            with redis_sync.Redis.from_url(faults.ready["direct"]) as r:
+                stored = [f[b"id"].decode() for _, f in r.xrange(f"{SESSION}:messages:out")]
         finally:
             if drive is not None:
                 drive.stop()
             if host is not None:
                 host.close()
-            faults.close()
-            receiver.stop()
-            direct.close()
+            faults.close()  # it stops the receiver too
         summary = _summary(drive, load, final, stored) | delivery
         notes.extend(_notes(summary))
         if summary_path:
@@ -208,13 +200,14 @@ def problems_of(summary: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _host_settings(tmp: str, redis_url: str, webhook_url: str, secret: str) -> dict[str, Any]:
-    """``waclient.host.load_settings`` overrides: fast reconnects, no rate limits in the way, one
-    webhook endpoint on loopback (the delivery settings are the host's defaults)."""
+def _host_settings(tmp: str, faults: dict[str, Any]) -> dict[str, Any]:
+    """``waclient.host.load_settings`` overrides: Redis through the fault proxy, fast
+    reconnects, no rate limits in the way, the receiver as the one webhook endpoint (on
+    loopback; the delivery settings are the host's defaults)."""
     return {
-        "api_key": KEY, "session_name": SESSION, "webhook_urls": webhook_url,
-        "webhook_secret": secret, "webhook_allow_private": True,
-        "transport": "isolated", "worker": "simulated", "redis_url": redis_url,
+        "api_key": KEY, "session_name": SESSION, "webhook_urls": faults["webhook_url"],
+        "webhook_secret": faults["webhook_secret"], "webhook_allow_private": True,
+        "transport": "isolated", "worker": "simulated", "redis_url": faults["url"],
         "session_dir": str(Path(tmp) / "session"), "bind": "127.0.0.1", "log_level": "warning",
         "backoff_initial": 0.01, "backoff_max": 0.05, "max_failures": 10**6,
         "send_rate": 10**6, "send_burst": 10**6, "schedule_rate": 10**6,
@@ -268,26 +261,32 @@ class _Controlled:
 
 
 class _Driver:
-    """The cycle, the host's channels, the outages, and the peak of host + worker RSS."""
+    """The cycle, the host's channels, the outages (Redis, receiver), the peaks of host + worker
+    RSS and of the webhook backlog."""
 
     def __init__(
         self,
         host: _Controlled,
         faults: _Controlled,
         loader: subprocess.Popen[str],
-        hooks: _Webhooks,
         requests_per_cycle: int,
-        outage_every: int,
-        outage_cycles: int,
+        outages: tuple[int, int],
+        receiver_outages: tuple[int, int],
     ) -> None:
-        self.host, self.faults, self.loader, self.hooks = host, faults, loader, hooks
-        self.per_cycle, self.every, self.lasts = requests_per_cycle, outage_every, outage_cycles
+        self.host, self.faults, self.loader = host, faults, loader
+        self.per_cycle = requests_per_cycle
+        self.every, self.lasts = outages
+        self.receiver_every, self.receiver_lasts = receiver_outages
         self.done = 0
         self.cut = False
         self.outages = 0
+        self.receiver_down = False
+        self.receiver_outages = 0
+        self.peak_backlog = 0
         self.peak_total = 0
         self.started = time.monotonic()
         self.seconds = 0.0
+        self.ended = 0.0
         self._stats: dict[str, float] = {}
         self._stats_at = -1
 
@@ -302,13 +301,25 @@ class _Driver:
             self.cut, self.outages = True, self.outages + 1
         elif phase == self.every // 2 + self.lasts and self.cut:
             self.heal()
-        self.hooks.cycle(i)
+        down = i % self.receiver_every >= self.receiver_every - self.receiver_lasts
+        if down != self.receiver_down:
+            self.receiver(up=not down)
         self.done = i + 1
 
     def heal(self) -> None:
         if self.cut:
             self.faults.call("heal")
             self.cut = False
+
+    def receiver(self, *, up: bool) -> None:
+        """Kill the receiver, or start it again after reading the backlog its outage left."""
+        if up:
+            reply = self.faults.call("receiver_up")
+            self.peak_backlog = max(self.peak_backlog, reply["backlog"])
+        else:
+            self.faults.call("receiver_down")
+            self.receiver_outages += 1
+        self.receiver_down = not up
 
     def probes(self) -> list[Any]:
         from harness.probes import FLOORS, Probe
@@ -343,89 +354,25 @@ class _Driver:
             self.seconds = time.monotonic() - self.started
             _stop(self.loader, signal.SIGTERM)
         self.heal()
-        self.hooks.end()
-
-
-class _Webhooks:
-    """The webhook receiver's outages, the backlog each leaves in Redis (read there before the
-    receiver comes back), and after the run the tally of what reached the receiver."""
-
-    def __init__(self, receiver: ReceiverProcess, every: int, down: int, redis: Any) -> None:
-        from waclient.webhooks import default_sources
-
-        self.receiver, self.every, self.down, self.redis = receiver, every, down, redis
-        self.streams = {source.name: source.stream for source in default_sources(SESSION)}
-        self.outages = 0
-        self.peak_backlog = 0
-        self.ended = 0.0
-
-    def cycle(self, i: int) -> None:
-        """Down for the last ``down`` cycles of every ``every``, up otherwise."""
-        down = i % self.every >= self.every - self.down
-        if down and self.receiver.running:
-            self.receiver.stop()
-            self.outages += 1
-        elif not down:
-            self.up()
-
-    def up(self) -> None:
-        """The receiver back (after the backlog its outage left was measured)."""
-        if not self.receiver.running:
-            self.peak_backlog = max(self.peak_backlog, self.backlog())
-            self.receiver.start()
-
-    def end(self) -> None:
-        """The load stopped: the receiver up for good; :meth:`tally` counts from now."""
-        self.up()
+        if self.receiver_down:
+            self.receiver(up=True)
         self.ended = self.ended or time.monotonic()
 
-    def backlog(self) -> int:
-        """Entries of the source streams that the webhook groups have pending or not read yet
-        (counted, as Redis < 7 reports no ``lag``; up to :data:`BACKLOG_CAP` per stream)."""
-        from redis.exceptions import ResponseError
 
-        total = 0
-        for stream in self.streams.values():
-            try:
-                groups = self.redis.xinfo_groups(stream)
-            except ResponseError:  # the stream does not exist yet
-                continue
-            for group in groups:
-                if group["name"].startswith(b"webhook:"):
-                    after = b"(" + group["last-delivered-id"]
-                    unread = self.redis.xrange(stream, after, "+", count=BACKLOG_CAP)
-                    total += group["pending"] + len(unread)
-        return int(total)
-
-    def tally(self, host: _Controlled) -> dict[str, Any]:
-        """After :meth:`end`: wait until every event now in the source streams reached the
-        receiver (at most :data:`DRAIN_SECONDS`), then count."""
-        expected = {
-            f"{name}_{entry.decode()}"
-            for name, stream in self.streams.items()
-            for entry, _ in self.redis.xrange(stream)
-        }
-        started = time.monotonic()
-        while (missing := expected - self.receiver.ids().keys()) and (
-            time.monotonic() - started < DRAIN_SECONDS
-        ):
-            time.sleep(0.1)
-        drained = time.monotonic() - self.ended
-        dispatcher = host.call("webhooks")
-        counts = self.receiver.counts()
-        return {
-            "webhook_events": len(expected),
-            "webhook_missing": len(missing),
-            "webhook_deliveries": counts.deliveries,
-            "webhook_distinct": counts.distinct,
-            "webhook_bad_signatures": counts.bad_signatures,
-            "webhook_failed_attempts": dispatcher["failed"],
-            "webhook_dead_lettered": dispatcher["dead_lettered"],
-            "webhook_redis_errors": dispatcher["redis_errors"],
-            "webhook_peak_backlog": self.peak_backlog,
-            "webhook_delivered_seconds_after_load": round(drained, 1),
-            "receiver_outages": self.outages,
-        }
+def _delivery(faults: _Controlled, host: _Controlled, ended: float) -> dict[str, Any]:
+    """After the load ended (at ``ended``): wait until every event in the source streams reached
+    the receiver (at most :data:`DRAIN_SECONDS`); the figures."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while (tally := faults.call("tally"))["webhook_missing"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    delivered = time.monotonic() - ended
+    dispatcher = host.call("webhooks")
+    return tally | {
+        "webhook_failed_attempts": dispatcher["failed"],
+        "webhook_dead_lettered": dispatcher["dead_lettered"],
+        "webhook_redis_errors": dispatcher["redis_errors"],
+        "webhook_delivered_seconds_after_load": round(delivered, 1),
+    }
 
 
 def _summary(
@@ -448,6 +395,8 @@ def _summary(
         "duplicates_in_redis": len(stored) - len(stored_set),
         "missing_in_redis": sum(1 for i in accepted if i not in stored_set),
         "peak_total_rss_mib": round(drive.peak_total / 2**20, 1),
+        "receiver_outages": drive.receiver_outages,
+        "webhook_peak_backlog": drive.peak_backlog,
         **final,
     }
 
@@ -502,25 +451,93 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> None:
 # -- the fault process -----------------------------------------------------------------------------
 
 
-def faults_main() -> int:
-    """A real redis-server behind a FaultProxy; ``cut`` refuses and resets, ``heal`` heals."""
+def faults_main(ids_file: str) -> int:
+    """A real redis-server behind a FaultProxy (``cut`` refuses and resets, ``heal`` heals) and
+    the webhook receiver, recording to ``ids_file`` (``receiver_down`` kills it,
+    ``receiver_up`` answers the backlog its outage left and starts it again, ``tally`` counts
+    what reached it)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from harness.faults import FaultProxy, RedisServer
+    import redis
 
+    from harness.faults import FaultProxy, RedisServer
+    from harness.webhook_receiver import ReceiverProcess
+    from waclient.webhooks.signing import generate_secret
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the receiver is stopped on the way
+    receiver = ReceiverProcess(generate_secret(), ids_file)
     with RedisServer() as server, FaultProxy((server.host, server.port)) as proxy:
         server.start()
-        print(json.dumps({"url": proxy.url, "direct": server.url}), flush=True)
-        for line in sys.stdin:
-            cmd = json.loads(line)["cmd"]
-            if cmd == "cut":
-                proxy.refuse(True)
-                proxy.reset()
-            elif cmd == "heal":
-                proxy.heal()
-            elif cmd == "quit":
-                break
-            print(json.dumps({"done": cmd}), flush=True)
+        direct = redis.Redis.from_url(server.url)
+        try:
+            receiver.start()
+            print(json.dumps({"url": proxy.url, "direct": server.url, "webhook_url": receiver.url,
+                              "webhook_secret": receiver.secret}), flush=True)  # fmt: skip
+            for line in sys.stdin:
+                cmd = json.loads(line)["cmd"]
+                reply: dict[str, Any] = {"done": cmd}
+                if cmd == "cut":
+                    proxy.refuse(True)
+                    proxy.reset()
+                elif cmd == "heal":
+                    proxy.heal()
+                elif cmd == "receiver_down":
+                    receiver.stop()
+                elif cmd == "receiver_up":
+                    reply["backlog"] = _backlog(direct)
+                    receiver.start()
+                elif cmd == "tally":
+                    reply |= _tally(direct, receiver)
+                elif cmd == "quit":
+                    break
+                print(json.dumps(reply), flush=True)
+        finally:
+            receiver.stop()
+            direct.close()
     return 0
+
+
+def _source_streams() -> dict[str, str]:
+    """The streams the host's dispatcher delivers, by source name (``webhook-id`` prefix)."""
+    from waclient.webhooks import default_sources
+
+    return {source.name: source.stream for source in default_sources(SESSION)}
+
+
+def _backlog(r: Redis) -> int:
+    """Entries of the source streams that the webhook groups have pending or not read yet
+    (counted, as Redis < 7 reports no ``lag``; up to :data:`BACKLOG_CAP` per stream)."""
+    from redis.exceptions import ResponseError
+
+    total = 0
+    for stream in _source_streams().values():
+        try:
+            groups: Any = r.xinfo_groups(stream)
+        except ResponseError:  # the stream does not exist yet
+            continue
+        for group in groups:
+            if group["name"].startswith(b"webhook:"):
+                after = b"(" + group["last-delivered-id"]
+                unread: Any = r.xrange(stream, after, "+", count=BACKLOG_CAP)
+                total += group["pending"] + len(unread)
+    return int(total)
+
+
+def _tally(r: Redis, receiver: ReceiverProcess) -> dict[str, Any]:
+    """Every event now in the source streams (its ``webhook-id``) against what the receiver
+    answered 2xx."""
+    expected: set[str] = set()
+    for name, stream in _source_streams().items():
+        entries: Any = r.xrange(stream)
+        expected.update(f"{name}_{entry_id.decode()}" for entry_id, _ in entries)
+    received = receiver.ids()
+    counts = receiver.counts()
+    return {
+        "webhook_events": len(expected),
+        "webhook_missing": len(expected - received.keys()),
+        "webhook_deliveries": counts.deliveries,
+        "webhook_distinct": counts.distinct,
+        "webhook_bad_signatures": counts.bad_signatures,
+    }
 
 
 # -- the host process ------------------------------------------------------------------------------
@@ -919,11 +936,12 @@ def _status(answer: bytes) -> int | None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["host"] and len(argv) == 2:
         return host_main(argv[1])
-    if argv == ["faults"]:
-        return faults_main()
+    if argv[:1] == ["faults"] and len(argv) == 2:
+        return faults_main(argv[1])
     if argv[:1] == ["load"] and len(argv) == 4:
         return load_main(argv[1], argv[2], int(argv[3]))
-    print("usage: host_soak.py faults | host SETTINGS_JSON | load URL OUT SEED", file=sys.stderr)
+    print("usage: host_soak.py faults IDS_FILE | host SETTINGS_JSON | load URL OUT SEED",
+          file=sys.stderr)  # fmt: skip
     return 2
 
 
