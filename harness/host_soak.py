@@ -60,7 +60,10 @@ if TYPE_CHECKING:  # the host and load processes cannot import the harness (``-P
 
     from harness.webhook_receiver import ReceiverProcess
 
-__all__ = ["ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "host_rig", "problems_of"]
+__all__ = [
+    "ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "RECEIVER_CYCLES", "RECEIVER_EVERY", "host_rig",
+    "problems_of",
+]  # fmt: skip
 
 KEY = "soak-key-0123456789abcdef"
 ALLOWED_503 = frozenset({"redis_unavailable", "not_connected", "busy"})
@@ -90,6 +93,11 @@ SLOW_CONNECTIONS = 8
 BIG_HEADER_BYTES = 2**20
 HEAD = b"GET /health HTTP/1.1\r\nHost: soak\r\n"
 HOST_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+RECEIVER_EVERY, RECEIVER_CYCLES = 60, 20
+"""The webhook receiver is down for the last 20 cycles of every 60: a third of the run, in
+outages (about 2 s at 10 cycles/s) long enough for the in-flight deliveries to fail twice and
+wait (1 s, then 2 s: the host's default backoff), short enough for a backlog to drain before
+the next one."""
 BACKLOG_CAP = 10_000
 SESSION = "waclient"
 """The host's session name: the prefix of its streams."""
@@ -107,8 +115,8 @@ def host_rig(
     requests_per_cycle: int = 10,
     outage_every: int = 100,
     outage_cycles: int | None = None,
-    receiver_every: int = 30,
-    receiver_cycles: int = 10,
+    receiver_every: int = RECEIVER_EVERY,
+    receiver_cycles: int = RECEIVER_CYCLES,
     seed: int = 1,
     summary_path: str | None = None,
 ) -> Iterator[Any]:
@@ -283,6 +291,7 @@ class _Driver:
         self.receiver_down = False
         self.receiver_outages = 0
         self.peak_backlog = 0
+        self.peak_residue = 0
         self.peak_total = 0
         self.started = time.monotonic()
         self.seconds = 0.0
@@ -312,12 +321,14 @@ class _Driver:
             self.cut = False
 
     def receiver(self, *, up: bool) -> None:
-        """Kill the receiver, or start it again after reading the backlog its outage left."""
+        """Kill the receiver (noting the backlog left from before), or start it again (noting
+        the backlog its outage left)."""
         if up:
             reply = self.faults.call("receiver_up")
             self.peak_backlog = max(self.peak_backlog, reply["backlog"])
         else:
-            self.faults.call("receiver_down")
+            reply = self.faults.call("receiver_down")
+            self.peak_residue = max(self.peak_residue, reply["backlog"])
             self.receiver_outages += 1
         self.receiver_down = not up
 
@@ -397,6 +408,7 @@ def _summary(
         "peak_total_rss_mib": round(drive.peak_total / 2**20, 1),
         "receiver_outages": drive.receiver_outages,
         "webhook_peak_backlog": drive.peak_backlog,
+        "webhook_peak_backlog_at_outage": drive.peak_residue,
         **final,
     }
 
@@ -411,8 +423,9 @@ def _notes(s: dict[str, Any]) -> list[str]:
         f"scheduled sent), {hostile} hostile ({s['hostile']})",
         f"Redis: {s['records_in_redis']} records, {s['missing_in_redis']} missing, "
         f"{s['duplicates_in_redis']} duplicates; HTTP guard: {s['http_guard']}",
-        f"webhooks: receiver down {s['receiver_outages']} times, backlog in Redis (as it came "
-        f"back) up to {s['webhook_peak_backlog']} events; {s['webhook_events']} events recorded, "
+        f"webhooks: receiver down {s['receiver_outages']} times; backlog in Redis as it came "
+        f"back up to {s['webhook_peak_backlog']} events, left as it went down up to "
+        f"{s['webhook_peak_backlog_at_outage']}; {s['webhook_events']} events recorded, "
         f"{s['webhook_distinct']} distinct webhook-ids received "
         f"({s['webhook_deliveries'] - s['webhook_distinct']} duplicates), "
         f"{s['webhook_missing']} missing, {s['webhook_bad_signatures']} bad signatures, "
@@ -454,8 +467,8 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> None:
 def faults_main(ids_file: str) -> int:
     """A real redis-server behind a FaultProxy (``cut`` refuses and resets, ``heal`` heals) and
     the webhook receiver, recording to ``ids_file`` (``receiver_down`` kills it,
-    ``receiver_up`` answers the backlog its outage left and starts it again, ``tally`` counts
-    what reached it)."""
+    ``receiver_up`` starts it again; both answer the backlog in Redis just before; ``tally``
+    counts what reached it)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import redis
 
@@ -481,6 +494,7 @@ def faults_main(ids_file: str) -> int:
                 elif cmd == "heal":
                     proxy.heal()
                 elif cmd == "receiver_down":
+                    reply["backlog"] = _backlog(direct)
                     receiver.stop()
                 elif cmd == "receiver_up":
                     reply["backlog"] = _backlog(direct)
