@@ -93,11 +93,11 @@ SLOW_CONNECTIONS = 8
 BIG_HEADER_BYTES = 2**20
 HEAD = b"GET /health HTTP/1.1\r\nHost: soak\r\n"
 HOST_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
-RECEIVER_EVERY, RECEIVER_CYCLES = 60, 20
-"""The webhook receiver is down for the last 20 cycles of every 60: a third of the run, in
-outages (about 2 s at 10 cycles/s) long enough for the in-flight deliveries to fail twice and
-wait (1 s, then 2 s: the host's default backoff), short enough for a backlog to drain before
-the next one."""
+RECEIVER_EVERY, RECEIVER_CYCLES = 30, 10
+"""The webhook receiver is down for the last 10 cycles of every 30: a third of the run, in
+outages of about a second at 10 cycles/s (the in-flight deliveries fail and wait for their
+retry: 0.5-1 s, then 1-2 s with the host's default backoff), many of them within the warm-up
+of a short run."""
 BACKLOG_CAP = 10_000
 SESSION = "waclient"
 """The host's session name: the prefix of its streams."""

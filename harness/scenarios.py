@@ -29,7 +29,7 @@ them; ``expect_leak`` marks the ones that are known to leak (an upstream leak, a
 - ``host``: the host (``waclient.host``) under uvicorn in a process of its own, a real Redis
   behind a fault proxy (cut every 100 cycles), ordinary and hostile HTTP load from a second
   process, the isolated worker's session reconnected every cycle, and a webhook endpoint
-  configured on a receiver process that is killed for 20 cycles in every 60
+  configured on a receiver process that is killed for 10 cycles in every 30
   (:mod:`harness.host_soak`); its channels are the host process's and its worker's; at the
   end every event recorded must have reached the receiver.
 - ``mutant-*``: :mod:`harness.mutants`, the incident's bugs; each must be reported leaking.
@@ -489,7 +489,7 @@ async def media_churn() -> AsyncIterator[Workload]:
 )  # fmt: skip
 def host() -> Iterator[Workload]:
     """The host under uvicorn, its worker reconnected every cycle, Redis cut, hostile load,
-    its webhook receiver down for 20 cycles in every 60."""
+    its webhook receiver down for 10 cycles in every 30."""
     from harness.host_soak import host_rig
 
     with host_rig(summary_path=os.environ.get("WACLIENT_HOST_SOAK_SUMMARY")) as workload:

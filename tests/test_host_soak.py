@@ -5,7 +5,7 @@ The host runs in a process of its own, served as ``python -m waclient.host`` ser
 (``server_config``), with the isolated transport (a simulated Go side in its worker process)
 disconnected and reconnected once per cycle; a real Redis behind a fault proxy is cut every 100
 cycles; ordinary and hostile HTTP load comes from another process; the host's webhook endpoint
-(``WACLIENT_WEBHOOK_URLS``) is a receiver process that is killed for 20 cycles in every 60, so
+(``WACLIENT_WEBHOOK_URLS``) is a receiver process that is killed for 10 cycles in every 30, so
 the host's dispatcher retries and leaves a backlog in Redis. The verdict's ``host_*`` channels,
 ``worker_rss`` and ``total_rss`` are the host's and its worker's: the host's memory through the
 receiver's outages. Afterwards every message the host accepted (by HTTP and by the scheduler)
