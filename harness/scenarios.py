@@ -480,7 +480,9 @@ async def media_churn() -> AsyncIterator[Workload]:
     warmup=400,
     suite_cycles=1000,
     long_cycles=10_000,
-    timeout=1800,
+    # A run extended to 8,000 cycles at 8 cycles/s took 23 minutes, and the webhook backlog
+    # it left 6 more to deliver.
+    timeout=3600,
     # memray would track this process (the driver), not the host's: no tracked cycles.
     memray=False,
     requires=(
