@@ -38,7 +38,8 @@ SHORT_THRESHOLDS = {
 cannot tell caches that fill slowly (statement caches, metric label sets, pooled Redis
 connections holding their last error) from a slow leak: measured here, +1.3 python blocks and
 +1.1 KiB of RSS per cycle over 400 cycles, +0.15 blocks and a plateau over 1,800 (with the
-webhook receiver's outages added: +0.31 blocks and +241 B over 400 cycles). The short run
+webhook receiver's outages added, four runs of 400 cycles: +0.3 to +3.3 blocks and +241 to
++647 B). The short run
 still catches a leak of one object per request (10 requests a cycle); the full run (2,000
 cycles) uses the harness's own thresholds."""
 
