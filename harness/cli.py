@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(a)
     except KeyboardInterrupt:
         return _fail("interrupted")
+    except BrokenPipeError:  # `python -m harness ... | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return _fail("standard output was closed before everything was written")
 
 
 def _run_options(p: argparse.ArgumentParser, *, cycles: bool = True) -> None:

@@ -339,7 +339,7 @@ class _Driver:
         self.receiver_down = not up
 
     def probes(self) -> list[Any]:
-        from harness.probes import FLOORS, Probe
+        from harness.probes import FLOORS, RESOLUTIONS, Probe
 
         units = {"rss": "bytes", "py_blocks": "blocks", "gc_objects": "objects"}
         out = []
@@ -348,12 +348,13 @@ class _Driver:
             out.append(Probe(
                 f"host_{name}", self._reader(name), units.get(name, name),
                 None if memory else 0.0, 0.0 if memory else 1.0,
-                f"the host process's {name}", FLOORS.get(name, 0.0),
+                f"the host process's {name}", FLOORS.get(name, 0.0), RESOLUTIONS.get(name, 0.0),
             ))  # fmt: skip
+        rss = FLOORS["rss"], RESOLUTIONS["rss"]
         out.append(Probe("worker_rss", self._reader("worker_rss"), "bytes", None, 0.0,
-                         "the isolated worker's RSS", FLOORS["rss"]))  # fmt: skip
+                         "the isolated worker's RSS", *rss))  # fmt: skip
         out.append(Probe("total_rss", self._reader("total_rss"), "bytes", None, 0.0,
-                         "host + worker RSS", FLOORS["rss"]))  # fmt: skip
+                         "host + worker RSS", *rss))  # fmt: skip
         return out
 
     def _reader(self, name: str) -> Callable[[], float]:

@@ -5,7 +5,7 @@ A :class:`Probe` reads one number. The built-in channels are:
 ==========  =====================================================  ===========  ====================
 channel     what it reads                                          unit         default threshold
 ==========  =====================================================  ===========  ====================
-rss         resident set size (``/proc/self/statm``, else psutil)  bytes        noise, >= 32 B
+rss         resident set size (``/proc/self/statm``, else psutil)  bytes        noise, >= 32 B [1]_
 heap        C heap in use (glibc ``mallinfo2``; absent elsewhere)   bytes        noise, >= 32 B
 py_blocks   live pymalloc blocks (``sys.getallocatedblocks()``)    blocks       noise, >= 0.05
 gc_objects  objects tracked by the collector                       objects      noise, >= 0.05
@@ -14,6 +14,8 @@ fds         open file descriptors (``/proc/self/fd``, else psutil)  fds         
 threads     OS threads of the process (``/proc/self/stat``)        threads      any steady growth
 tasks       unfinished asyncio tasks of the soak's loop            tasks        any steady growth
 ==========  =====================================================  ===========  ====================
+
+.. [1] and more than :data:`RESOLUTIONS` ``["rss"]`` (96 KiB) over the measured cycles.
 
 Thresholds are slopes in units per cycle; "noise, >= F" is derived from each run's own scatter
 (:func:`harness.analysis.analyze_channel`), never below the floor F. A channel leaks when its
@@ -93,6 +95,9 @@ class Probe:
     min_growth: float = 0.0
     description: str = ""
     floor: float = 0.0
+    resolution: float = 0.0
+    """Growth over the measured cycles up to this (in ``unit``) is never a leak: the channel's
+    grain (see :data:`RESOLUTIONS`)."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -109,6 +114,14 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 FLOORS = {"rss": 32.0, "heap": 32.0, "py_blocks": 0.05, "gc_objects": 0.05}
 """The least automatic threshold per channel (units per cycle): below it, clean runs drift
 (measured: docs/harness.md, "Thresholds")."""
+
+
+RESOLUTIONS = {"rss": 96.0 * 1024}
+"""The least growth over the measured cycles that a leak must show, per channel (units): RSS
+moves in pages the allocator keeps or returns in chunks, and clean runs' RSS rose by up to
+64 KiB over their measured cycles while their C heap in use rose by under 20 KiB (docs/harness.md,
+"Thresholds"). 96 KiB is 1.5 times that drift; a leak of 128 B/cycle adds it within 900
+measured cycles."""
 
 
 def threshold_floor(channel: str) -> float:
@@ -135,7 +148,8 @@ def rss_probe(threshold: float | None = None) -> Probe:
             # statm is regenerated on every read from offset 0; the fd stays open for the run.
             return float(int(os.pread(fd, 128, 0).split()[1]) * _PAGE)
 
-    return Probe("rss", read, "bytes", threshold, 0.0, "resident set size", FLOORS["rss"])
+    return Probe("rss", read, "bytes", threshold, 0.0, "resident set size", FLOORS["rss"],
+                 RESOLUTIONS["rss"])  # fmt: skip
 
 
 class _MallInfo2(ctypes.Structure):
@@ -198,13 +212,30 @@ def gc_objects_probe(threshold: float | None = None) -> Probe:
     )
 
 
+_clear_type_cache: Callable[[], object] = (
+    getattr(sys, "_clear_internal_caches", None) or sys._clear_type_cache
+)  # CPython 3.13 renamed it (the old name is deprecated there)
+
 _frozen = [0]
 """Objects the harness froze (``gc.get_freeze_count()`` at its last :func:`freeze`)."""
 _froze = [False]
 
 
 def freeze() -> None:
-    """Collect, then move every surviving object to the permanent generation (cheap samples)."""
+    """Collect, then move every surviving object to the permanent generation (cheap samples).
+
+    First the interpreter's type attribute cache is cleared (as CPython's refleak hunter does
+    before it counts blocks). The cache (4,096 slots in CPython 3.11) keeps a strong reference
+    to the name of each attribute looked up through it until another lookup takes the slot.
+    Names built at run time (``getattr(module, name + "_signature")``, mostly while modules are
+    imported: about 570 blocks after ``import scipy.stats``, which the harness does before the
+    warm-up) stay pinned there, and a cycle that creates new types (a ctypes array type per
+    ``create_string_buffer``, say) takes their slots a few per cycle: py_blocks fell by 0.05 to
+    0.25 blocks/cycle for thousands of cycles, no property of the cycle (docs/harness.md,
+    "Findings"). Cleared here, the measured cycles start with only their own names cached.
+    Once per phase, not per sample: refilling the cache costs a cycle about as much again.
+    """
+    _clear_type_cache()
     gc.collect()
     gc.freeze()
     _froze[0] = True

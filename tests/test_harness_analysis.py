@@ -64,14 +64,13 @@ def test_a_cache_still_filling_in_the_second_half_is_undecided_not_a_leak() -> N
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_a_fill_whose_rate_falls_as_one_over_cycles_is_undecided_in_a_short_run(seed: int) -> None:
-    # scheduler-churn's py_blocks in a 400-cycle run (CI): croniter's fill, ~80 ln(cycle)
-    # blocks, is still growing 0.3 blocks/cycle over cycles 100..400, 0.5x as fast in the
-    # second half as in the first. Sampled every 2 cycles, +-1 block of noise.
-    x = np.arange(100.0, 401.0, 2.0)
+def test_a_fill_falling_as_one_over_cycles_is_no_leak_over_a_default_run(seed: int) -> None:
+    # croniter's fill in scheduler-churn (~82 ln(cycle) blocks), sampled every 2 cycles with
+    # +-1 block of noise, over a default run's measured cycles (200..2,000).
+    x = np.arange(200.0, 2001.0, 2.0)
     y = 546_000 + np.round(82.0 * np.log(x) + np.random.default_rng(seed).normal(0, 1, x.shape))
     r = analyze_channel("py_blocks", "blocks", x, y, threshold=0.05)
-    assert not r.leaking and r.undecided, r.reason
+    assert not r.leaking and r.kind in ("undecided", "plateau"), r.reason
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -92,6 +91,29 @@ def test_an_automatic_threshold_is_the_noise_over_the_span_or_the_floor() -> Non
                            floor=32).leaking  # fmt: skip
 
 
+def pages(x: np.ndarray, every: float, phase: float) -> np.ndarray:
+    """RSS as the kernel shows it: a 4 KiB page gained every ``every`` cycles."""
+    return 150.0 * 2**20 + 4096.0 * np.floor((x - x[0] + phase) / every)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rss_growth_within_the_resolution_is_fine_and_a_real_leak_is_not(seed: int) -> None:
+    # The clean runs' false alarms: a staircase of pages, steady (its slope's interval is above
+    # the floor) but only +56 KiB over 900 measured cycles, the C heap in use flat.
+    from harness.probes import FLOORS, RESOLUTIONS
+
+    def rss(x: np.ndarray, y: np.ndarray) -> ChannelResult:
+        return analyze_channel("rss", "bytes", x, y, threshold=None, floor=FLOORS["rss"],
+                               resolution=RESOLUTIONS["rss"])  # fmt: skip
+
+    x = np.arange(100.0, 1001.0, 3.0)  # a clean run's drift: +56 KiB over 900 cycles
+    drift = rss(x, pages(x, 64.0, 7.0 * seed))
+    assert drift.slope_low > drift.threshold and drift.growth <= RESOLUTIONS["rss"]
+    assert not drift.leaking and drift.kind == "fine" and "resolution" in drift.reason
+    leak = rss(X, pages(X, 32.0, 3.0 * seed))  # 128 B/cycle over 1,800 cycles
+    assert leak.leaking and leak.growth > RESOLUTIONS["rss"]
+
+
 def test_a_slope_that_rose_beyond_noise_against_a_baseline_is_a_regression() -> None:
     from harness.analysis import compare_channel
 
@@ -106,6 +128,9 @@ def test_a_slope_that_rose_beyond_noise_against_a_baseline_is_a_regression() -> 
     assert not compare_channel(same, old, 32.0).regression and not same.leaking
     shrinking, shrinking_less = rss(-300.0, 10), rss(-100.0, 11)
     assert not compare_channel(shrinking_less, shrinking, 32.0).regression
+    fine = rss(300.0, 12)
+    fine.resolution = fine.growth  # a rise the channel cannot resolve is no regression
+    assert not compare_channel(fine, old, 32.0).regression
 
 
 @pytest.mark.parametrize("period", [25, 50, 100])

@@ -58,15 +58,18 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def harness(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def harness_env() -> dict[str, str]:
     # The user's module must be found through the current directory; PYTHONPATH holds only
     # the harness under test (this checkout's, not whichever one is installed).
-    env["PYTHONPATH"] = str(Path(harness_package.__file__).resolve().parent.parent)
+    checkout = str(Path(harness_package.__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=checkout)
+
+
+def harness(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness", *args],
         cwd=cwd,
-        env=env,
+        env=harness_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -172,6 +175,19 @@ def test_scenarios_lists_every_built_in(workdir: Path) -> None:
     assert p.returncode == 0
     for name in ("reconnect", "neonize-storm-raw", "mutant-listeners", "redis-outage"):
         assert name in p.stdout
+
+
+def test_a_reader_that_went_away_is_exit_2_in_one_line(workdir: Path) -> None:
+    # `python -m harness scenarios | head -1`: stdout is a pipe whose reader has gone.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "wb") as stdout:
+        p = subprocess.run(
+            [sys.executable, "-m", "harness", "scenarios"], cwd=workdir, env=harness_env(),
+            stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == "harness: standard output was closed before everything was written"
 
 
 def test_report_rerenders_from_the_json(workdir: Path) -> None:

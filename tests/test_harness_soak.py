@@ -8,6 +8,7 @@ import ctypes.util
 import functools
 import inspect
 import math
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from harness import (
     soak,
     soak_async,
 )
+from harness.probes import freeze, unfreeze
 from waclient import HandlerRegistry
 from waclient.events import MessageEv
 
@@ -50,7 +52,10 @@ def test_one_small_object_per_cycle_is_found_within_2000_cycles() -> None:
 
     v = soak(cycle, cycles=2000)
     assert not v.bounded
-    assert v.leaking_channels == ["py_blocks"]
+    # The objects and the list that keeps them cost this process ~24 B/cycle of memory (16 B
+    # pymalloc blocks, 8 B of list): rss may rightly see it too; nothing else grows.
+    assert "py_blocks" in v.leaking_channels, v.summary()
+    assert set(v.leaking_channels) <= {"py_blocks", "rss", "heap"}, v.summary()
     py = v.channels["py_blocks"]
     assert 0.9 < py.slope_per_cycle < 1.1 and py.confidence == 0.99
     assert v.tracked and any(s.mentions(*line_of(cycle, "# the leak")) for s in v.leak_sites)
@@ -132,6 +137,39 @@ def test_a_tenth_of_an_object_per_cycle_is_found_within_2000_cycles() -> None:
     assert "py_blocks" in v.leaking_channels, v.summary()
     assert 0.08 < v.channels["py_blocks"].slope_per_cycle < 0.12
     assert any(s.mentions(*line_of(cycle, "# the leak")) for s in v.leak_sites)
+
+
+class _Pinned:
+    attr_built = 1
+
+
+def test_freezing_releases_the_names_the_type_attribute_cache_holds() -> None:
+    name = "".join(["attr", "_built"])  # built at run time: not interned
+    before = sys.getrefcount(name)
+    getattr(_Pinned(), name)
+    assert sys.getrefcount(name) == before + 1  # the interpreter's type attribute cache
+    freeze()
+    unfreeze()
+    assert sys.getrefcount(name) == before
+
+
+def test_a_tenth_of_an_object_per_cycle_is_found_while_the_type_cache_drains() -> None:
+    """Names pinned by the type attribute cache before the soak are freed a few per cycle as
+    the cycle's new types (ctypes array types) take their slots: py_blocks fell by ~0.06/cycle
+    under the planted 0.1/cycle, and the leak passed as bounded (docs/harness.md, Findings)."""
+    pinned = _Pinned()
+    for k in range(4000):
+        getattr(pinned, f"pinned_{k}", None)  # a miss is cached too, with its name
+    kept: list[object] = []
+
+    def cycle(i: int) -> None:
+        ctypes.create_string_buffer(i % 5 + 1)  # a new array type each time (ctypes' weak cache)
+        if i % 10 == 0:
+            kept.append(object())  # the leak
+
+    v = soak(cycle, cycles=2000, memray=False)
+    assert v.leaking_channels == ["py_blocks"], v.summary()
+    assert 0.08 < v.channels["py_blocks"].slope_per_cycle < 0.12
 
 
 def test_128_bytes_of_native_memory_per_cycle_are_found_within_2000_cycles() -> None:

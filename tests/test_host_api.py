@@ -241,8 +241,14 @@ def test_health_memory(api: httpx.Client) -> None:
     for field in ("rss", "pss", "py_blocks", "fds", "threads", "tasks", "total"):
         assert isinstance(snap[field], int) and snap[field] > 0, field
     assert snap["gc_objects"] is None
-    # The two recorders, and self-healing's state events.
-    assert body["listeners"] == {"Message": 1, "SentMessage": 1, "StateChange": 1, "PairStatus": 1}
+    # The two recorders, self-healing's state events, and receipts for webhooks.
+    assert body["listeners"] == {
+        "Message": 1,
+        "SentMessage": 1,
+        "StateChange": 1,
+        "PairStatus": 1,
+        "Receipt": 1,
+    }
     guard = body["guard"]
     assert guard["level"] == "ok" and guard["limits"]["soft"] < guard["limits"]["hard"]
     assert body["worker"] is None  # the simulated transport has no worker process

@@ -52,6 +52,20 @@ def test_the_app_module_imports_only_what_every_host_needs() -> None:
     assert done.stdout.split() == ["-"], f"imported with the app: {done.stdout.strip()}"
 
 
+def test_the_worker_and_the_host_skip_httpx_s_command_line() -> None:
+    # What `python -m waclient.transports._worker` and `python -m waclient.host` do before
+    # anything imports httpx; httpx (neonize's downloads, the webhook dispatcher) still works.
+    code = (
+        "import sys; from waclient._unused_imports import skip_unused_imports; "
+        "skip_unused_imports(); import neonize.client, httpx; httpx.AsyncClient(); "
+        "print(' '.join(m for m in ('rich', 'pygments') if m in sys.modules) or '-')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["-"], done.stdout + done.stderr
+
+
 def test_an_idle_host_maps_no_native_code_it_does_not_use(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

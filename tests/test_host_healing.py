@@ -19,7 +19,8 @@ from test_host_process import answers, free_port, host_env, host_process, wait_u
 from harness.faults import Socks5Refuser
 from waclient.client import Backoff, Client, ClientState
 from waclient.host import create_app
-from waclient.host.healing import ClientSupervisor, StateEvents
+from waclient.host.healing import ClientSupervisor
+from waclient.host.state_events import StateEvents
 from waclient.host.testing import serve
 from waclient.redis import open_redis
 from waclient.transports.simulated import SimulatedTransport, logged_out_event
@@ -47,21 +48,22 @@ async def stream_types(redis: Redis, stream: str) -> list[str]:
 async def test_failed_then_fresh_client_connects(redis_url: str) -> None:
     sim = SimulatedTransport(outcomes=["fail", "fail"])  # fails until the first restart
     redis = open_redis(redis_url)
-    events = StateEvents(redis, "t:events")
-    sup = ClientSupervisor(factory(sim), cooldown=0.05, max_restarts=2, events=events)
-    await sup.start()
-    try:
-        first = sup.client
-        await until(lambda: sup.restarts == 1)
-        assert sup.client is not first
-        assert first is not None and first.state is ClientState.FAILED
-        assert sup.client is not None
-        assert await sup.client.wait_for(ClientState.CONNECTED, timeout=30)
-        assert sup.liveness_failure() is None
-        stats = sup.statistics()
-        assert stats.state == "connected" and stats.restarts_last_hour == 1
-    finally:
-        await sup.close()
+    async with StateEvents(redis, "t:events") as events:
+        sup = ClientSupervisor(factory(sim), cooldown=0.05, max_restarts=2, events=events)
+        await sup.start()
+        try:
+            first = sup.client
+            await until(lambda: sup.restarts == 1)
+            assert sup.client is not first
+            assert first is not None and first.state is ClientState.FAILED
+            assert sup.client is not None
+            assert await sup.client.wait_for(ClientState.CONNECTED, timeout=30)
+            assert sup.liveness_failure() is None
+            stats = sup.statistics()
+            assert stats.state == "connected" and stats.restarts_last_hour == 1
+        finally:
+            await sup.close()
+        assert await events.flush(30)
     types = await stream_types(redis, "t:events")
     assert types[:3] == ["session.failed", "session.restarted", "session.connected"]
     await redis.aclose()

@@ -15,6 +15,7 @@ from test_host_api import make_settings
 
 from waclient.client import Client, ClientState
 from waclient.host.runtime import Host
+from waclient.host.state_events import StateEvents
 from waclient.memory import MemoryGuard
 from waclient.recorders import Recorder
 from waclient.scheduler import Scheduler
@@ -22,6 +23,15 @@ from waclient.spool import Spool
 from waclient.webhooks import WebhookDispatcher
 
 Log = list[tuple[str, str]]
+UNTIL_THE_OUTBOUND_SPOOL = [
+    "redis-host",
+    "stream-events",
+    "stream-receipts",
+    "spool-in",
+    "recorder-in",
+    "spool-out",
+]
+"""What the host opens first, in order."""
 
 
 def _watch(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, log: Log, label: str) -> None:
@@ -38,6 +48,8 @@ def _watch(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, log: Log, la
                 pool.connection_kwargs.get("client_name") if pool is not None else None
             )
             return f"{label}-{str(client_name).split('-')[1]}" if client_name else label
+        if isinstance(self, StateEvents):  # named by its stream: stream-events, stream-receipts
+            return f"{label}-{self.stream.rsplit(':', 1)[1]}"
         direction = getattr(self, "direction", None)
         return f"{label}-{direction}" if direction else label
 
@@ -68,6 +80,7 @@ def lifecycle(monkeypatch: pytest.MonkeyPatch) -> Log:
         (Spool, "spool", "__init__", "close"),
         (Redis, "redis", "__init__", "aclose"),
         (WebhookDispatcher, "webhooks", "start", "close"),
+        (StateEvents, "stream", "start", "close"),
     ):
         _watch(monkeypatch, cls, opening, log, label)
         _watch(monkeypatch, cls, closing, log, label)
@@ -93,10 +106,7 @@ async def test_close_order_is_the_reverse_of_start_order(
         lifecycle.clear()
     closed = _order(lifecycle, {"close", "aclose"})
     assert opened == [
-        "redis-host",
-        "spool-in",
-        "recorder-in",
-        "spool-out",
+        *UNTIL_THE_OUTBOUND_SPOOL,
         "recorder-out",
         "redis-webhooks",
         "webhooks",
@@ -120,9 +130,9 @@ async def test_a_failed_start_closes_what_it_opened(
     with pytest.raises(Exception):  # noqa: B017 - sqlite's own error, whatever its class
         await host.start()
     opened = _order(lifecycle, {"start", "__init__"})
-    assert opened == ["redis-host", "spool-in", "recorder-in", "spool-out"]
+    assert opened == UNTIL_THE_OUTBOUND_SPOOL
     closes = [n for n, m in lifecycle if m in {"close", "aclose"}]
-    assert closes == ["recorder-in", "spool-in", "redis-host"]
+    assert closes == ["recorder-in", "spool-in", "stream-receipts", "stream-events", "redis-host"]
     assert host.inbound is not None and host.inbound.spool is not None
     assert host.inbound.spool.closed
     others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}

@@ -207,6 +207,7 @@ def test_no_redis_configured(tmp_path: Path) -> None:
             "probe": None,
             "recorders": {},
             "scheduler": None,
+            "events": {},
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from waclient.recorders import (
     OutboundRecorder,
     Recorder,
     RecorderClosedError,
+    RecorderOutage,
     jid_to_str,
 )
 from waclient.redis import open_redis
@@ -247,6 +249,61 @@ async def test_flush_times_out_while_down_and_close_spools_the_rest(
     assert [e.id for e in await entries(redis, again.stream)] == [f"id{i}" for i in range(300)]
     assert again.statistics().replayed == 300
     await again.close()
+    await redis.aclose()
+
+
+async def test_the_outage_listener_hears_when_an_outage_begins_and_ends(
+    fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    heard: list[RecorderOutage] = []
+    redis = fast_redis(fault_proxy.url)
+    recorder = InboundRecorder(redis, spool=tmp_path / "s.db", on_outage=heard.append, **FAST)
+    await recorder.record(rec(0))
+    assert await recorder.flush(10) and heard == []
+    fault_proxy.refuse(True)
+    fault_proxy.reset()
+    before = time.time()
+    for i in range(1, 21):
+        await recorder.record(rec(i))
+    assert not await recorder.flush(0.3)
+    [began] = heard
+    assert (began.stream, began.direction, began.ended, began.duration) == (
+        recorder.stream,
+        "in",
+        None,
+        None,
+    )
+    assert before <= began.began and began.error
+    assert began.to_dict().keys() == {"stream", "direction", "began", "error"}
+    fault_proxy.refuse(False)
+    assert await recorder.flush(30)
+    began_again, ended = heard
+    assert began_again is began and ended.began == began.began
+    assert ended.ended is not None and ended.duration == ended.ended - ended.began >= 0
+    assert ended.spooled == recorder.statistics().spooled_total == 20 and ended.dropped == 0
+    assert ended.to_dict()["spooled"] == 20 and ended.to_dict()["duration"] == ended.duration
+    assert [e.id for e in await entries(redis, recorder.stream)] == [f"id{i}" for i in range(21)]
+    await recorder.close()
+    await redis.aclose()
+
+
+async def test_a_failing_outage_listener_is_logged_and_recording_goes_on(
+    fault_proxy: FaultProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(outage: RecorderOutage) -> None:
+        raise RuntimeError("listener bug")
+
+    redis = fast_redis(fault_proxy.url)
+    recorder = InboundRecorder(redis, spool=tmp_path / "s.db", on_outage=broken, **FAST)
+    fault_proxy.refuse(True)
+    fault_proxy.reset()
+    await recorder.record(rec(0))
+    assert not await recorder.flush(0.3)
+    fault_proxy.refuse(False)
+    assert await recorder.flush(30)
+    assert [e.id for e in await entries(redis, recorder.stream)] == ["id0"]
+    assert caplog.messages.count(f"recorder {recorder.stream}: the outage listener failed") == 2
+    await recorder.close()
     await redis.aclose()
 
 

@@ -99,6 +99,20 @@ class Rendezvous:
         await self._open.wait()
 
 
+class HeldSend:
+    """A ``send`` that holds every send until ``release`` is set; ``sending`` is set when one
+    starts (its job is claimed by then)."""
+
+    def __init__(self) -> None:
+        self.sending = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, chat: str, text: str) -> object:
+        self.sending.set()
+        await self.release.wait()
+        return None
+
+
 @pytest.fixture
 async def r(redis_url: str) -> AsyncIterator[Redis]:
     client = open_redis(redis_url, socket_timeout=5)
@@ -269,17 +283,11 @@ async def test_concurrent_ticks_claim_each_cron_run_once(redis_url: str) -> None
 
 
 async def test_a_crashed_claim_is_released_by_its_lease(r: Redis) -> None:
-    never, sending = asyncio.Event(), asyncio.Event()
-
-    async def hang(chat: str, text: str) -> object:
-        sending.set()
-        await never.wait()
-        return None
-
+    hang = HeldSend()  # never released
     crashed = Scheduler(r, hang, namespace=NS, lease=60, send_timeout=30)
     job = await crashed.create_once("c", "x", T0 + timedelta(minutes=1), now=T0)
     task = asyncio.create_task(crashed.tick(T0 + timedelta(minutes=1)))
-    await asyncio.wait_for(sending.wait(), 30)  # a send starts only after its claim
+    await asyncio.wait_for(hang.sending.wait(), 30)  # a send starts only after its claim
     got = await crashed.get(job.id)
     assert got is not None and got.claimed
     task.cancel()  # the process died while sending
@@ -315,22 +323,15 @@ async def test_the_job_cap_holds_under_concurrent_creates(redis_url: str) -> Non
 
 
 async def test_cancel_leaves_no_key_even_during_a_send(r: Redis) -> None:
-    release = asyncio.Event()
-    started = asyncio.Event()
-
-    async def slow(chat: str, text: str) -> object:
-        started.set()
-        await release.wait()
-        return None
-
+    slow = HeldSend()
     s = Scheduler(r, slow, namespace=NS)
     cron = await s.create_cron("c", "cron", "* * * * *", now=T0)
     once = await s.create_once("c", "once", T0 + timedelta(days=1), now=T0)
     tick = asyncio.create_task(s.tick(T0 + timedelta(minutes=1)))
-    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.wait_for(slow.sending.wait(), 10)
     assert await s.cancel(cron.id)  # cancelled while it is being sent
     assert await s.cancel(once.id)
-    release.set()
+    slow.release.set()
     assert await tick == [cron.id]
     assert await ns_keys(r) == []  # the settle did not bring the cancelled job back
 

@@ -51,7 +51,15 @@ GUARD_FIELDS = {
     "log_interval",
     "limits",
 }
-SCHEDULER_FIELDS = {"namespace", "running", "sent", "send_failures", "last_error", "unreadable"}
+SCHEDULER_FIELDS = {
+    "namespace",
+    "running",
+    "sent",
+    "send_failures",
+    "last_error",
+    "unreadable",
+    "pending_settles",
+}
 RECORDER_FIELDS = {
     "stream",
     "up",

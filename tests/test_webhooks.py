@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import socket
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from waclient.transports.simulated import ReceiptKind, receipt_event
 from waclient.webhooks import (
     Event,
     EventFilterError,
@@ -21,8 +24,8 @@ from waclient.webhooks import (
     signature_headers,
     static_endpoints,
 )
-from waclient.webhooks.events import matches
-from waclient.webhooks.urls import refused_address
+from waclient.webhooks.events import event_from_receipt, matches
+from waclient.webhooks.urls import pin_url, refused_address
 
 
 def test_signature_verifies_with_standardwebhooks() -> None:
@@ -128,6 +131,29 @@ async def test_loopback_urls_need_allow_private(url: str) -> None:
     await check_url(url, allow_private=True)
 
 
+@pytest.mark.parametrize(
+    ("url", "address", "pinned", "host", "sni"),
+    [
+        ("https://hooks.example/a?b=1", "93.184.215.14", "https://93.184.215.14/a?b=1",
+         "hooks.example", "hooks.example"),
+        ("http://hooks.example:8080/a", "2606:4700::1111", "http://[2606:4700::1111]:8080/a",
+         "hooks.example:8080", None),
+    ],
+)  # fmt: skip
+async def test_a_url_is_pinned_to_the_address_it_was_checked_at(
+    url: str, address: str, pinned: str, host: str, sni: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    async def getaddrinfo(name: str, port: int, **_: object) -> list[object]:
+        return [(socket.AF_INET6 if ":" in address else socket.AF_INET, 1, 6, "", (address, port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    target = await pin_url(url)
+    assert (target.url, target.headers) == (pinned, {"host": host})
+    assert target.extensions == ({"sni_hostname": sni} if sni else {})
+    assert (await pin_url(url, allow_private=True)).url == url  # no policy: as it is
+
+
 async def test_unresolvable_host_is_refused() -> None:
     with pytest.raises(WebhookURLError, match="does not resolve"):
         await check_url("http://no-such-host.invalid/hook")
@@ -144,6 +170,26 @@ def test_event_filter() -> None:
     assert matches("session.failed", ("session.*",))
     assert not matches("message.sent", ("message.received",))
     assert matches("message.sent", ())
+    assert parse_event_filter(["message.receipt", "recorder.*"]) == (
+        "message.receipt",
+        "recorder.*",
+    )
+    assert matches("message.receipt", ("message.*",))
+    assert not matches("message.receipt", ("message.received",))
+    assert matches("recorder.outage_ended", ("recorder.*",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("delivered", "delivered"), ("played", "played"), ("read_self", "read_self")]
+)
+def test_receipt_events_name_the_receipt_type(kind: ReceiptKind, name: str) -> None:
+    group = "120363000000000001@g.us"
+    member = "15550000002@s.whatsapp.net"
+    ms = 1_764_358_200_123  # a timestamp in milliseconds is read as such
+    event = event_from_receipt(receipt_event(["A"], kind, chat=group, sender=member, timestamp=ms))
+    assert event.type == "message.receipt" and event.timestamp == ms / 1000
+    assert event.data["type"] == name and event.data["message_ids"] == ["A"]
+    assert (event.data["chat"], event.data["sender"]) == (group, member)
 
 
 def test_static_endpoints_have_stable_ids() -> None:

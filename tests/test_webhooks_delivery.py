@@ -5,10 +5,12 @@ accepted delivery is verified by the receiver with the ``standardwebhooks`` libr
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from webhook_receiver import Receiver, message_fields, proxy_url, receiver
@@ -270,6 +272,58 @@ async def test_refused_url_is_never_called(redis: Redis, hook: tuple[Receiver, F
         await eventually(lambda: d.statistics().dead_lettered == 1)
         assert "refused URL" in (d.statistics().endpoints["ep_a"].last_error or "")
     assert rec.attempts == 0
+
+
+async def test_a_name_rebound_after_its_check_is_still_sent_to_the_checked_address(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name resolves to a public address when checked, then to loopback. The
+    deliveries until the next check go to the address that was checked, addressed to the name
+    (Host header, TLS SNI), never to the new answer."""
+    answer = ["93.184.216.34"]
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        if host != "hooks.example":  # Redis
+            return await resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (answer[0], port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    requests: list[httpx.Request] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(204)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
+        ep = endpoint("https://hooks.example:8443/hook")
+        async with dispatcher(redis, ep, allow_private=False, http=http, url_recheck=3600) as d:
+            await add_messages(redis, 1)
+            await eventually(lambda: d.statistics().delivered == 1)
+            answer[0] = "127.0.0.1"  # re-pointed at loopback after the check
+            await add_messages(redis, 2, start=1)
+            await eventually(lambda: d.statistics().delivered == 3)
+    assert [(r.url.host, r.url.port, r.url.path) for r in requests] == [
+        ("93.184.216.34", 8443, "/hook")
+    ] * 3
+    assert {r.headers["host"] for r in requests} == {"hooks.example:8443"}
+    assert {r.extensions["sni_hostname"] for r in requests} == {"hooks.example"}
+
+
+async def test_an_unexpected_error_is_a_failed_attempt_not_a_lost_delivery(redis: Redis) -> None:
+    def receive(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("the transport broke")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receive)) as http:
+        ep = endpoint("http://127.0.0.1:9/hook")
+        async with dispatcher(redis, ep, http=http, max_attempts=2) as d:
+            await add_messages(redis, 1)
+            await eventually(lambda: d.statistics().dead_lettered == 1)
+            assert "RuntimeError: the transport broke" in (
+                d.statistics().endpoints["ep_a"].last_error or ""
+            )
+    assert await pending(redis, "ep_a") == 0
 
 
 async def test_a_stopped_dispatchers_deliveries_are_taken_over(

@@ -1,10 +1,14 @@
 """The host's webhook routes over real uvicorn, a real Redis and a real receiver: add, list,
-delete, replay, /metrics per endpoint, and POST /debug/inbound (simulated transport only)."""
+delete, replay, /metrics per endpoint, and POST /debug/inbound (simulated transport only);
+receipts and recorder outages delivered as events."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,17 @@ from webhook_receiver import Receiver, proxy_url, receiver
 from harness.faults import FaultProxy
 from waclient.host import create_app
 from waclient.host.testing import serve
-from waclient.transports.simulated import SimulatedTransport
+from waclient.transports import Transport
+from waclient.transports.simulated import SimulatedTransport, receipt_event
 from waclient.webhooks import generate_secret
 
 SECRET = generate_secret()
+WEBHOOKS: dict[str, Any] = {
+    "webhook_allow_private": True,
+    "webhook_max_attempts": 2,
+    "webhook_timeout": 5.0,
+    "webhook_max_endpoints": 3,
+}
 
 
 @pytest.fixture
@@ -29,21 +40,24 @@ def hook() -> Iterator[tuple[Receiver, FaultProxy]]:
         yield pair
 
 
-@pytest.fixture
-def api(tmp_path: Path, redis_url: str) -> Iterator[httpx.Client]:
-    settings = make_settings(
-        tmp_path,
-        redis_url,
-        webhook_allow_private=True,
-        webhook_max_attempts=2,
-        webhook_timeout=5.0,
-        webhook_max_endpoints=3,
-    )
+@contextmanager
+def host_api(
+    tmp_path: Path, redis_url: str, transport: Transport | None = None
+) -> Iterator[httpx.Client]:
+    """A ready host (simulated transport, webhooks to loopback allowed) and a client with the
+    key."""
+    settings = make_settings(tmp_path, redis_url, **WEBHOOKS)
     with (
-        serve(create_app(settings)) as srv,
+        serve(create_app(settings, transport=transport)) as srv,
         httpx.Client(base_url=srv.url, headers={"X-API-Key": KEY}, timeout=30) as client,
     ):
         wait_ready(client)
+        yield client
+
+
+@pytest.fixture
+def api(tmp_path: Path, redis_url: str) -> Iterator[httpx.Client]:
+    with host_api(tmp_path, redis_url) as client:
         yield client
 
 
@@ -55,10 +69,10 @@ def until(check: Any, timeout: float = 60.0) -> Any:
     return result
 
 
-def metric(api: httpx.Client, name: str, endpoint: str) -> float | None:
+def metric(api: httpx.Client, name: str, endpoint: str, label: str = "endpoint") -> float | None:
     for family in text_string_to_metric_families(api.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == name and sample.labels.get("endpoint") == endpoint:
+            if sample.name == name and sample.labels.get(label) == endpoint:
                 return float(sample.value)
     return None
 
@@ -155,3 +169,92 @@ def test_debug_inbound_exists_only_with_the_simulated_transport(
     ):
         assert api.post("/debug/inbound", json={"from": PHONE, "text": "x"}).status_code == 404
         assert "/debug/inbound" not in api.get("/openapi.json").json()["paths"]
+
+
+def subscribe(api: httpx.Client, proxy: FaultProxy, *events: str) -> None:
+    body = {"url": proxy_url(proxy), "secret": SECRET, "events": list(events)}
+    created = api.post("/webhooks", json=body)
+    assert created.status_code == 201, created.text
+
+
+def when(payload: Any) -> float:
+    return datetime.fromisoformat(payload["timestamp"]).timestamp()
+
+
+def in_stream_order(rec: Receiver) -> list[Any]:
+    """The payloads received, in the order of their stream entries (``<source>_<entry id>``)."""
+
+    def entry(webhook_id: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in webhook_id.split("_", 1)[1].split("-"))
+
+    return [rec.payloads[i] for i in sorted(rec.payloads, key=entry)]
+
+
+def test_a_receipt_arrives_as_message_receipt(
+    tmp_path: Path, redis_url: str, hook: tuple[Receiver, FaultProxy]
+) -> None:
+    rec, proxy = hook
+    sim = SimulatedTransport()
+    with host_api(tmp_path, redis_url, transport=sim) as api:
+        subscribe(api, proxy, "message.receipt")
+        # The simulated Go side emits a real neonize Receipt event into the host's client.
+        event = receipt_event(["3EB0AA", "3EB0BB"], "read", chat=JID, timestamp=1_764_358_200)
+        asyncio.run(sim.emit(event))
+        assert rec.wait_for(lambda x: len(x.accepted) == 1)
+        receipts = api.get("/health/redis").json()["events"]["receipts"]
+        published = metric(api, "waclient_events_published_total", "receipts", label="stream")
+        assert published == 1
+        assert metric(api, "waclient_events_backlog", "receipts", label="stream") == 0
+    assert rec.bad_signatures == 0  # every delivery verified with standardwebhooks
+    [(webhook_id, payload)] = rec.payloads.items()
+    assert webhook_id.startswith("rc_")
+    assert payload == {
+        "type": "message.receipt",
+        "timestamp": "2025-11-28T19:30:00Z",
+        "data": {
+            "chat": JID,
+            "sender": JID,
+            "from_me": False,
+            "message_ids": ["3EB0AA", "3EB0BB"],
+            "type": "read",
+            "timestamp": 1_764_358_200,
+        },
+    }
+    assert receipts["published"] == 1 and receipts["backlog"] == 0 and receipts["dropped"] == 0
+
+
+def test_a_redis_outage_arrives_as_began_then_ended(
+    tmp_path: Path, fault_proxy: FaultProxy, hook: tuple[Receiver, FaultProxy]
+) -> None:
+    """The host's Redis goes through a FaultProxy that refuses and resets connections: the
+    inbound recorder spools a message and tells its outage; ``recorder.outage_began`` waits in
+    the state events' backlog (its XADD fails too) and both events arrive once Redis is back."""
+    rec, proxy = hook
+    with host_api(tmp_path, fault_proxy.url) as api:
+        subscribe(api, proxy, "recorder.*")
+        fault_proxy.refuse(True)
+        fault_proxy.reset()
+        r = api.post("/debug/inbound", json={"from": PHONE, "text": "during the outage"})
+        assert r.status_code == 202, r.text
+
+        def held() -> bool:
+            redis = api.get("/health/redis").json()
+            state, inbound = redis["events"]["state"], redis["recorders"]["in"]
+            return not inbound["up"] and not state["up"] and state["backlog"] == 1
+
+        until(held)
+        fault_proxy.refuse(False)
+        assert rec.wait_for(lambda x: len(x.accepted) == 2)
+        state = api.get("/health/redis").json()["events"]["state"]
+    assert rec.bad_signatures == 0
+    began, ended = in_stream_order(rec)
+    assert (began["type"], ended["type"]) == ("recorder.outage_began", "recorder.outage_ended")
+    assert began["data"].keys() == {"stream", "direction", "began", "error"}
+    assert began["data"]["stream"].endswith(":messages:in") and began["data"]["direction"] == "in"
+    assert ended["data"]["began"] == began["data"]["began"]
+    assert ended["data"]["duration"] == ended["data"]["ended"] - ended["data"]["began"] > 0
+    assert ended["data"]["spooled"] == 1 and ended["data"]["dropped"] == 0
+    # Each at the time it happened, not when Redis took it.
+    assert when(began) == pytest.approx(began["data"]["began"], abs=1e-6)
+    assert when(ended) == pytest.approx(ended["data"]["ended"], abs=1e-6)
+    assert state["backlog"] == 0 and state["dropped"] == 0 and state["published"] >= 2

@@ -26,6 +26,10 @@ again and its records that did land are skipped and counted as ``duplicates``. S
 
 What cannot be kept (the spool is full, or there is no spool) is counted as ``dropped`` in
 :meth:`Recorder.statistics` and logged once per outage; the process keeps working.
+
+An observer learns when an outage begins and ends through ``on_outage``: it is called with a
+:class:`RecorderOutage` when a write first fails (``ended`` is None) and again when Redis answers
+(with the duration, and the records spooled and dropped meanwhile).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from redis.asyncio import Redis
@@ -58,9 +62,11 @@ if TYPE_CHECKING:
 __all__ = [
     "InboundRecorder",
     "MessageRecord",
+    "OutageListener",
     "OutboundRecorder",
     "Recorder",
     "RecorderClosedError",
+    "RecorderOutage",
     "RecorderStats",
     "jid_to_str",
 ]
@@ -187,6 +193,51 @@ class RecorderStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+@dataclass(frozen=True, slots=True)
+class RecorderOutage:
+    """A recorder's Redis outage: passed to ``on_outage`` when it begins and when it ends."""
+
+    stream: str
+    direction: Direction
+    began: float
+    """``time.time()`` of the first failed write."""
+    ended: float | None
+    """``time.time()`` when Redis answered again; None in the notice of its beginning."""
+    error: str
+    """The error that began it."""
+    spooled: int
+    """Records moved to the spool during the outage (0 when it begins)."""
+    dropped: int
+    """Records dropped during the outage (0 when it begins)."""
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first failed write to Redis answering; None while it lasts."""
+        return None if self.ended is None else self.ended - self.began
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its fields; the end's (``ended``, ``duration``, ``spooled``, ``dropped``) only once
+        it has ended."""
+        out: dict[str, Any] = {
+            "stream": self.stream,
+            "direction": self.direction,
+            "began": self.began,
+            "error": self.error,
+        }
+        if self.ended is not None:
+            out.update(
+                ended=self.ended,
+                duration=self.duration,
+                spooled=self.spooled,
+                dropped=self.dropped,
+            )
+        return out
+
+
+OutageListener = Callable[[RecorderOutage], None]
+"""Called on the event loop when an outage begins and when it ends; it must not block."""
+
+
 class Recorder(Lifetime):
     """Writes :class:`MessageRecord` s to a Redis stream; bounded through any outage.
 
@@ -199,6 +250,8 @@ class Recorder(Lifetime):
       write the record again. It should exceed the longest outage the spool can hold.
     - ``retry_initial`` / ``retry_max``: the backoff between probes while Redis is down.
     - ``spill_after``: seconds a full buffer waits for a stuck write before spilling to disk.
+    - ``on_outage``: told when an outage begins and ends (:class:`RecorderOutage`); what it
+      raises is logged, never propagated to the writer.
     """
 
     direction: ClassVar[Direction] = "in"
@@ -219,6 +272,7 @@ class Recorder(Lifetime):
         retry_max: float = 5.0,
         probe_timeout: float = 1.0,
         spill_after: float = 0.25,
+        on_outage: OutageListener | None = None,
     ) -> None:
         if max_buffer < 1 or batch_size < 1 or spill_batch < 1:
             raise ValueError("max_buffer, batch_size and spill_batch must be >= 1")
@@ -239,6 +293,7 @@ class Recorder(Lifetime):
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.spill_after = spill_after
+        self.on_outage = on_outage
         self.health = RedisHealth(redis, timeout=probe_timeout)
         if spool is None or isinstance(spool, Spool):
             self.spool = spool
@@ -262,6 +317,10 @@ class Recorder(Lifetime):
         self._outages = 0
         self._down = False
         self._down_since: float | None = None
+        self._outage: RecorderOutage | None = None
+        """The notice of the current outage's beginning."""
+        self._outage_from = (0, 0)
+        """``spooled_total`` and ``dropped`` when the current outage began."""
         self._last_error: str | None = None
         self._refusal_logged = False
         # machinery (made in start(), on the running loop)
@@ -602,20 +661,45 @@ class Recorder(Lifetime):
             self._down_since = time.time()
             self._outages += 1
             log.warning("recorder %s: Redis is down (%s); spooling", self.stream, error)
+            began = RecorderOutage(self.stream, self.direction, self._down_since, None, error, 0, 0)
+            self._outage = began
+            self._outage_from = (self._spooled_total, self._dropped)
+            self._tell(began)
 
     def _mark_up(self) -> None:
         if self._down:
-            since = self._down_since or time.time()
+            now = time.time()
+            since = self._down_since or now
             log.warning(
                 "recorder %s: Redis is back after %.1fs; replaying %d spooled records",
                 self.stream,
-                time.time() - since,
+                now - since,
                 len(self.spool) if self.spool is not None else 0,
             )
+            began = self._outage
+            if began is not None:
+                spooled, dropped = self._outage_from
+                self._tell(
+                    replace(
+                        began,
+                        ended=now,
+                        spooled=self._spooled_total - spooled,
+                        dropped=self._dropped - dropped,
+                    )
+                )
         self._down = False
         self._down_since = None
+        self._outage = None
         self._refusal_logged = False
         self._work.set()
+
+    def _tell(self, outage: RecorderOutage) -> None:
+        if self.on_outage is None:
+            return
+        try:
+            self.on_outage(outage)
+        except Exception:
+            log.exception("recorder %s: the outage listener failed", self.stream)
 
     async def _sleep_or_stop(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; True (at once) if the recorder is stopping."""

@@ -13,10 +13,26 @@ Claiming is one Lua script: the due ids (``ZRANGEBYSCORE -inf now``) are re-scor
 ``now + lease`` and stamped with a claim token in the same atomic step, so of two schedulers on
 the same Redis exactly one gets each due job. After sending, a second script settles the job
 only if the token is still the claimer's (the job was not cancelled or re-claimed meanwhile): a
-one-shot job is deleted, a cron job is re-armed for its next time. A scheduler that dies after
-claiming leaves the job to be claimed again when the lease ends (the send is at-least-once
-across a crash between send and settle, exactly-once otherwise). Sends are bounded by
-``send_timeout``, which must be shorter than the lease.
+one-shot job is deleted, a cron job is re-armed for its next time, a failed send is booked (its
+failure count, its retry time). Sends are bounded by ``send_timeout``, which must be shorter than
+the lease.
+
+A settle that cannot reach Redis (an outage that starts between the send and the settle) is kept
+in memory as a *pending settle* and the tick stops there (the rest of its claimed batch is
+claimed again, unsent, when their lease ends). Every tick first runs the pending settles and
+claims nothing while one is left, so this scheduler never claims again a job whose settle is
+pending. Running a settle again is harmless: once it has applied, or once the job was cancelled
+or re-claimed, the token no longer matches and the script does nothing. The list holds only jobs
+this scheduler claimed, at most one per tick in progress (the runner runs one at a time).
+:meth:`Scheduler.close` tries them once more (for at most 3 seconds) and logs a WARNING naming
+the jobs it could not settle.
+
+So a successful send is not repeated, except in two cases, where it may be sent again after
+the lease: the process dies between the send and the settle (or closes with settles still pending),
+or Redis stays unreachable from this scheduler past the end of the lease and another scheduler
+(another process, or any scheduler on the other side of a partition) claims the job before this
+one settles it. A send that times out counts as failed and is retried, though it may have gone
+out.
 
 Creating checks the cap on jobs per namespace in the same script that stores the job, so two
 hosts creating at once cannot pass it.
@@ -85,6 +101,8 @@ MAX_AHEAD = timedelta(days=36_525)
 """How far ahead a one-shot job may be set: 100 years."""
 _CRON_SAMPLE = 64
 """Consecutive fire times checked against the minimum interval when a cron job is created."""
+_CLOSE_SETTLE_TIMEOUT = 3.0
+"""Seconds :meth:`Scheduler.close` gives the pending settles before it gives up on them."""
 
 
 class SendPacer(Protocol):
@@ -352,6 +370,9 @@ class SchedulerStats:
     last_error: str | None
     unreadable: int
     """Stored jobs that could not be read (skipped and logged)."""
+    pending_settles: int
+    """Sends (or failed sends) whose settle could not reach Redis yet; retried first by every
+    tick."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -468,6 +489,15 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_decode(flat[i]): _decode(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """One settle of a claimed job: the settle script's arguments (id, claim token, next score
+    or '' to delete, runs increment, fields to set)."""
+
+    job_id: str
+    args: tuple[str | int, ...]
+
+
 class Scheduler(Lifetime):
     """Scheduled text messages for one session, in Redis under ``namespace``.
 
@@ -536,6 +566,10 @@ class Scheduler(Lifetime):
         self._page = redis.register_script(_PAGE)
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
+        self._pending: dict[str, _Settle] = {}
+        """Settles that could not reach Redis, by job id: only jobs this scheduler claimed, at
+        most one per tick in progress (a failed settle ends its tick, and no tick claims while
+        one is pending)."""
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -634,11 +668,14 @@ class Scheduler(Lifetime):
     async def tick(self, now: datetime | None = None) -> builtins.list[str]:
         """Send every job due at ``now`` (default: the current time); return their ids.
 
-        Claims at most ``claim_batch`` jobs at a time, until none is due.
+        Claims at most ``claim_batch`` jobs at a time, until none is due. First runs the settles
+        still pending (a Redis error there ends the tick before any claim); a settle that fails
+        after a send is kept pending and its error ends the tick.
         """
         current = _aware(now)
+        await self._settle_pending()
         fired: builtins.list[str] = []
-        while True:
+        while not self._pending:  # a concurrent tick's settle failed: claim nothing more
             batch = self.claim_batch
             if self.pacer is not None:
                 batch = max(1, min(batch, self.pacer.available()))
@@ -659,7 +696,8 @@ class Scheduler(Lifetime):
                 if await self._fire(job, token, current):
                     fired.append(job.id)
             if len(flat) // 2 < batch:
-                return fired
+                break
+        return fired
 
     async def start(self) -> None:
         """Run :meth:`tick` every ``poll_interval`` seconds in a task; idempotent."""
@@ -669,13 +707,27 @@ class Scheduler(Lifetime):
         self._task = asyncio.create_task(self._run(), name=f"waclient-scheduler-{self._owner}")
 
     async def close(self) -> None:
-        """Stop the runner (a send in progress finishes first). The Redis client stays open."""
+        """Stop the runner (a send in progress finishes first), then try the pending settles
+        once more; those Redis still refuses are logged (one WARNING naming the jobs: they will
+        be claimed and sent again after their lease) and kept. The Redis client stays open."""
         task, self._task = self._task, None
-        if task is None:
+        if task is not None:
+            assert self._stop is not None
+            self._stop.set()
+            await asyncio.gather(task, return_exceptions=True)
+        if not self._pending:
             return
-        assert self._stop is not None
-        self._stop.set()
-        await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_SETTLE_TIMEOUT):
+                await self._settle_pending()
+        if self._pending:
+            log.warning(
+                "scheduler %s: closed with %d settles pending (Redis unreachable): jobs %s "
+                "will be claimed again when their lease ends (those sent, sent again)",
+                self.namespace,
+                len(self._pending),
+                ", ".join(sorted(self._pending)),
+            )
 
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(
@@ -685,6 +737,7 @@ class Scheduler(Lifetime):
             send_failures=self.send_failures,
             last_error=self.last_error,
             unreadable=self.unreadable,
+            pending_settles=len(self._pending),
         )
 
     # -- helpers ----------------------------------------------------------------------------
@@ -806,13 +859,36 @@ class Scheduler(Lifetime):
         runs: int,
         fields: dict[str, str],
     ) -> None:
+        """Settle a job this scheduler claimed; if Redis cannot be reached, keep the settle
+        pending (retried first by the next tick) and raise."""
         flat: builtins.list[str] = []
         for k, v in fields.items():
             flat += (k, v)
-        await self._settle(
-            keys=[self._due_key, self._job_key(job_id)],
-            args=[job_id, token, _ts(due) if due is not None else "", runs, *flat],
-        )
+        settle = _Settle(job_id, (job_id, token, _ts(due) if due is not None else "", runs, *flat))
+        try:
+            await self._run_settle(settle)
+        except Exception:
+            self._pending[job_id] = settle
+            raise
+
+    async def _settle_pending(self) -> None:
+        """Run the pending settles, oldest first; the first error is raised (that settle and
+        the later ones stay pending)."""
+        for settle in builtins.list(self._pending.values()):
+            applied = await self._run_settle(settle)
+            self._pending.pop(settle.job_id, None)
+            log.info(
+                "job %s: %s after Redis came back",
+                settle.job_id,
+                "settled" if applied else "already settled, cancelled or claimed again",
+            )
+
+    async def _run_settle(self, settle: _Settle) -> bool:
+        """Run the settle script; False if it did nothing (the job no longer carries the
+        token: settled already, cancelled, or claimed again by another scheduler)."""
+        job_id = settle.job_id
+        done = await self._settle(keys=[self._due_key, self._job_key(job_id)], args=settle.args)
+        return bool(int(done))
 
     async def _run(self) -> None:
         stop = self._stop

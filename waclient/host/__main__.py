@@ -15,7 +15,10 @@ __all__ = ["main"]
 
 
 def main() -> int:
+    from waclient._unused_imports import skip_unused_imports
     from waclient.host.config import ConfigError, load_settings
+
+    skip_unused_imports()  # before the webhook dispatcher imports httpx
 
     try:
         settings = load_settings()

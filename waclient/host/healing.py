@@ -10,8 +10,9 @@ CLIENT_OUTDATED). :class:`ClientSupervisor` sits above it:
 - the terminal states never restart: a new client cannot help (LOGGED_OUT needs pairing
   again). ``/health`` stays 200, ``/health/ready`` is 503 with the state and what to do.
 
-Every transition is also a state event (:class:`StateEvents`): an entry in the Redis stream
-``{prefix}:events`` (MAXLEN-trimmed), which the webhook dispatcher delivers like messages.
+Every transition is also a state event (:class:`~.state_events.StateEvents`, which the host
+opens and closes): an entry in the Redis stream ``{prefix}:events`` (MAXLEN-trimmed), which the
+webhook dispatcher delivers like messages.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from waclient.client import Client, ClientState, StateChange
 from waclient.events import PairStatusEv
-from waclient.webhooks.events import state_fields
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from .state_events import StateEvents
 
-__all__ = ["ADVICE", "ClientSupervisor", "HealingStats", "StateEvents"]
+__all__ = ["ADVICE", "ClientSupervisor", "HealingStats"]
 
 log = logging.getLogger("waclient.host")
 
@@ -56,51 +56,6 @@ _EVENT_FOR_STATE: dict[ClientState, str] = {
     ClientState.TEMPORARY_BAN: "session.terminal",
     ClientState.CLIENT_OUTDATED: "session.terminal",
 }
-
-
-class StateEvents:
-    """Publishes state events to a Redis stream, best effort and bounded: each is one XADD in a
-    task of its own; at most ``max_pending`` wait for Redis, the rest are counted as dropped."""
-
-    def __init__(
-        self, redis: Redis | None, stream: str, *, maxlen: int = 10_000, max_pending: int = 100
-    ) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.maxlen = maxlen
-        self.max_pending = max_pending
-        self.published = 0
-        self.dropped = 0
-        self._pending: set[asyncio.Task[None]] = set()
-
-    def emit(self, event_type: str, data: Mapping[str, Any]) -> None:
-        if self.redis is None:
-            return
-        if len(self._pending) >= self.max_pending:
-            self.dropped += 1
-            return
-        task = asyncio.create_task(self._add(event_type, data))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _add(self, event_type: str, data: Mapping[str, Any]) -> None:
-        assert self.redis is not None
-        try:
-            await self.redis.xadd(
-                self.stream,
-                state_fields(event_type, data),  # type: ignore[arg-type]
-                maxlen=self.maxlen,
-                approximate=True,
-            )
-            self.published += 1
-        except Exception as exc:
-            self.dropped += 1
-            log.debug("state event %s not recorded: %s", event_type, exc)
-
-    async def close(self, timeout: float = 2.0) -> None:
-        """Wait (a little) for events still on their way to Redis."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +118,6 @@ class ClientSupervisor:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.client is not None:
             await self.client.close()
-        if self.events is not None:
-            await self.events.close()
 
     def liveness_failure(self) -> str | None:
         """Why ``/health`` must answer 503 (the supervisor gave up), or None."""

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from waclient.recorders import RecorderStats
 
     from .runtime import Host
+    from .state_events import StateEventsStats
 
 __all__ = ["CONTENT_TYPE", "HostMetrics", "MetricsMiddleware"]
 
@@ -101,6 +102,7 @@ class _HostCollector(Collector):
             yield from webhook_metrics(host.webhooks.statistics())
         yield from _client(stats.client, stats.worker)
         yield from _recorders(stats.recorders)
+        yield from _event_streams(stats.events)
         if stats.scheduler is not None:
             yield CounterMetricFamily(
                 "waclient_scheduler_sent", "Scheduled messages sent.", value=stats.scheduler.sent
@@ -237,6 +239,29 @@ def _recorders(recorders: dict[str, RecorderStats]) -> Iterator[Metric]:
         up.add_metric([direction], 1 if st.up else 0)
     yield from families.values()
     yield up
+
+
+def _event_streams(streams: dict[str, StateEventsStats]) -> Iterator[Metric]:
+    published = CounterMetricFamily(
+        "waclient_events_published",
+        "State events and receipts added to their Redis stream, by stream (state, receipts).",
+        labels=["stream"],
+    )
+    dropped = CounterMetricFamily(
+        "waclient_events_dropped",
+        "Events lost: pushed out of a full backlog while Redis was down, or left at shutdown.",
+        labels=["stream"],
+    )
+    backlog = GaugeMetricFamily(
+        "waclient_events_backlog",
+        "Events waiting for Redis in memory (bounded).",
+        labels=["stream"],
+    )
+    for name, st in streams.items():
+        published.add_metric([name], st.published)
+        dropped.add_metric([name], st.dropped)
+        backlog.add_metric([name], st.backlog)
+    yield from (published, dropped, backlog)
 
 
 class MetricsMiddleware:

@@ -397,3 +397,5 @@ class RedisBody(BaseModel):
     probe: dict[str, Any] | None
     recorders: dict[str, dict[str, Any]]
     scheduler: dict[str, Any] | None
+    events: dict[str, dict[str, Any]]
+    """The event streams' writers ("state", "receipts"): published, dropped, backlog."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from waclient.client import Backoff, Client, ClientStats
+from waclient.events import ReceiptEv
 from waclient.lifetime import Lifetime
 from waclient.memory import (
     GuardStatus,
@@ -32,17 +33,25 @@ from waclient.memory import (
     take_snapshot,
 )
 from waclient.transports import IsolatedTransport, Transport, WorkerStats
+from waclient.webhooks.events import Event, event_from_outage, event_from_receipt
 
 from .config import Settings
-from .healing import ClientSupervisor, HealingStats, StateEvents
+from .healing import ClientSupervisor, HealingStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
 from .readiness import ReadinessProbe
+from .state_events import StateEvents, StateEventsStats
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from waclient.recorders import InboundRecorder, OutboundRecorder, Recorder, RecorderStats
+    from waclient.recorders import (
+        InboundRecorder,
+        OutboundRecorder,
+        Recorder,
+        RecorderOutage,
+        RecorderStats,
+    )
     from waclient.redis import RedisHealth
     from waclient.scheduler import Scheduler, SchedulerStats
     from waclient.spool import Spool
@@ -59,6 +68,11 @@ R = TypeVar("R", bound="Recorder")
 
 MAX_WORKER_BUDGET = 150 * 2**20
 WORKER_BUDGET_FRACTION = 0.40
+STATE_EVENTS_MAXLEN = 10_000
+STATE_EVENTS_BACKLOG = 100
+RECEIPTS_MAXLEN = 100_000
+RECEIPTS_BACKLOG = 1_000
+"""Receipts held in memory while Redis is down (a few hundred bytes each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,8 @@ class HostStats:
     """The HTTP guard's refusals, once :func:`.http_guard.server_config` serves the app."""
     healing: HealingStats | None
     """The client supervisor: state, restarts, the next restart, whether it gave up."""
+    events: dict[str, StateEventsStats]
+    """The event streams the host writes ("state", "receipts"): published, dropped, backlog."""
     rate_limited: int
     """Requests refused with 429 by a key's send or scheduling bucket."""
     scheduled_sends_paced: int
@@ -174,6 +190,9 @@ class Host(Lifetime):
         self.scheduler: Scheduler | None = None
         self.healing: ClientSupervisor | None = None
         self.state_events: StateEvents | None = None
+        """Session, memory and recorder-outage events (``{session}:events``)."""
+        self.receipt_events: StateEvents | None = None
+        """Receipts (``{session}:receipts``)."""
         self.webhooks: WebhookDispatcher | None = None
         self.webhook_store: EndpointStore | None = None
         self._stack: AsyncExitStack | None = None
@@ -234,6 +253,7 @@ class Host(Lifetime):
             guard=self.guard.statistics(),
             http=self.http_guard.statistics() if self.http_guard is not None else None,
             healing=self.healing.statistics() if self.healing is not None else None,
+            events={name: events.statistics() for name, events in self.event_streams.items()},
             rate_limited=self.send_limiter.limited + self.schedule_limiter.limited,
             scheduled_sends_paced=self.send_budget.waited,
         )
@@ -244,6 +264,12 @@ class Host(Lifetime):
     def _memory_event(self, event_type: str, status: GuardStatus, limit: int) -> None:
         if self.state_events is not None:
             self.state_events.emit(event_type, {"used": status.used, "limit": limit})
+
+    def _on_recorder_outage(self, outage: RecorderOutage) -> None:
+        _publish(self.state_events, event_from_outage(outage))
+
+    def _on_receipt(self, receipt: ReceiptEv) -> None:
+        _publish(self.receipt_events, event_from_receipt(receipt))
 
     def _on_hard(self, status: GuardStatus) -> None:
         self._memory_event("memory.hard_limit", status, status.limits.hard)
@@ -264,9 +290,9 @@ class Host(Lifetime):
 
     async def close(self) -> None:
         """Leave the stack: every component closes in the reverse of the order it was opened
-        in (the guard, the scheduler, the client, the recorders, their spools, Redis), so work
-        stops being taken before what it writes to goes away. Spooled records stay on disk.
-        Idempotent."""
+        in (the guard, the scheduler, the client, the recorders, their spools, the event
+        streams' writers, Redis), so work stops being taken before what it writes to goes away.
+        Spooled records stay on disk. Idempotent."""
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -275,7 +301,7 @@ class Host(Lifetime):
         """What :meth:`start` enters, in order. Each component is pushed right after it is
         opened, so the stack's close order is the reverse of this one by construction: the
         guard, the scheduler, the client supervisor (and its client), the webhook dispatcher,
-        the recorders, their spools, Redis."""
+        the recorders, their spools, the event streams' writers, Redis."""
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
@@ -284,7 +310,6 @@ class Host(Lifetime):
             await self._open_webhooks(stack, s.redis_url)
         else:
             log.warning("REDIS_URL is not set: no recorders, no scheduler, no webhooks")
-        self.state_events = StateEvents(self.redis, f"{s.session_name}:events")
         self.healing = ClientSupervisor(
             self._make_client,
             cooldown=s.restart_cooldown,
@@ -313,6 +338,8 @@ class Host(Lifetime):
         for recorder in (self.inbound, self.outbound):
             if recorder is not None:
                 recorder.attach(self.client)
+        if self.receipt_events is not None:
+            self.client.on(ReceiptEv, self._on_receipt)
         return self.client
 
     async def _send_text(self, chat: str, text: str) -> SentMessage:
@@ -322,8 +349,9 @@ class Host(Lifetime):
         return await self.client.send_text(chat, text)
 
     async def _open_redis(self, stack: AsyncExitStack, url: str) -> None:
-        """Redis, then the recorders (each with its spool; :meth:`_make_client` attaches them
-        to every client); builds the scheduler, which :meth:`_open` enters after the client."""
+        """Redis, the event streams' writers, then the recorders (each with its spool;
+        :meth:`_make_client` attaches them to every client; their outages are state events);
+        builds the scheduler, which :meth:`_open` enters after the client."""
         from waclient.recorders import InboundRecorder, OutboundRecorder
         from waclient.redis import RedisHealth, open_redis
         from waclient.scheduler import Scheduler
@@ -333,6 +361,12 @@ class Host(Lifetime):
         self.redis = redis
         stack.push_async_callback(_close_quietly, redis)
         self.redis_health = RedisHealth(redis, timeout=1.0)
+        self.state_events = await self._open_events(
+            stack, redis, "events", STATE_EVENTS_MAXLEN, STATE_EVENTS_BACKLOG
+        )
+        self.receipt_events = await self._open_events(
+            stack, redis, "receipts", RECEIPTS_MAXLEN, RECEIPTS_BACKLOG
+        )
         self.inbound = await self._open_recorder(stack, InboundRecorder, "in", redis)
         self.outbound = await self._open_recorder(stack, OutboundRecorder, "out", redis)
         self.scheduler = Scheduler(
@@ -386,6 +420,15 @@ class Host(Lifetime):
         await self.webhooks.start()
         stack.push_async_callback(self.webhooks.close)
 
+    async def _open_events(
+        self, stack: AsyncExitStack, redis: Redis, name: str, maxlen: int, backlog: int
+    ) -> StateEvents:
+        """The writer of the stream ``{session}:{name}``, started; the stack closes it."""
+        events = StateEvents(
+            redis, f"{self.settings.session_name}:{name}", maxlen=maxlen, max_backlog=backlog
+        )
+        return await stack.enter_async_context(events)
+
     async def _open_recorder(
         self, stack: AsyncExitStack, kind: type[R], direction: str, redis: Redis
     ) -> R:
@@ -394,7 +437,13 @@ class Host(Lifetime):
         s = self.settings
         spool = self._spool(direction)
         stack.push_async_callback(_close_spool, spool)
-        recorder = kind(redis, spool=spool, key_prefix=s.session_name, max_buffer=s.recorder_buffer)
+        recorder = kind(
+            redis,
+            spool=spool,
+            key_prefix=s.session_name,
+            max_buffer=s.recorder_buffer,
+            on_outage=self._on_recorder_outage,
+        )
         await recorder.start()
         stack.push_async_callback(recorder.close, s.shutdown_timeout / 2)
         return recorder
@@ -412,9 +461,20 @@ class Host(Lifetime):
     # -- views -----------------------------------------------------------------------------
 
     @property
+    def event_streams(self) -> dict[str, StateEvents]:
+        """The event streams' writers by name ("state", "receipts"), when Redis is configured."""
+        pairs = (("state", self.state_events), ("receipts", self.receipt_events))
+        return {name: events for name, events in pairs if events is not None}
+
+    @property
     def spools(self) -> list[Path]:
         s = self.settings
         return [s.session_dir / f"spool-{d}.sqlite" for d in ("in", "out")]
+
+
+def _publish(events: StateEvents | None, event: Event) -> None:
+    if events is not None:
+        events.emit(event.type, event.data, event.timestamp)
 
 
 async def _close_spool(spool: Spool) -> None:

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
+from waclient._unused_imports import skip_unused_imports
 from waclient.transports import calls
 from waclient.transports._wire import (
     CODE,
@@ -38,6 +39,7 @@ from waclient.transports.base import TransportError
 
 
 def main(argv: list[str]) -> None:
+    skip_unused_imports()  # before neonize imports httpx
     fd, spec = int(argv[0]), WorkerSpec(**json.loads(argv[1]))
     serve(Connection(fd), spec)
 

@@ -44,6 +44,7 @@ from waclient.transports.session import install_bridge
 
 __all__ = [
     "MEDIA_KINDS",
+    "ReceiptKind",
     "SimSession",
     "SimulatedTransport",
     "SimulatedWhatsApp",
@@ -53,6 +54,7 @@ __all__ = [
     "logged_out_event",
     "media_message_event",
     "message_event",
+    "receipt_event",
     "simulated_media",
     "stream_replaced_event",
     "temporary_ban_event",
@@ -651,6 +653,33 @@ def media_message_event(
     info = _message_info(chat, sender, id, None)
     info.Type = "media"
     event: Event = pb.Message(Info=info, Message=e2e.Message(**{f"{kind}Message": media}))
+    return event
+
+
+ReceiptKind = Literal["delivered", "read", "played", "read_self", "played_self", "sender"]
+
+
+def receipt_event(
+    ids: Iterable[str],
+    kind: ReceiptKind = "read",
+    *,
+    chat: str = "15550000001@s.whatsapp.net",
+    sender: str | None = None,
+    timestamp: int | None = None,
+) -> Event:
+    """A ``Receipt`` event: ``chat`` (by ``sender``) got or read the messages ``ids``."""
+    source = pb.MessageSource(
+        Chat=_jid(chat),
+        Sender=_jid(sender or chat),
+        IsFromMe=False,
+        IsGroup=chat.endswith("@g.us"),
+    )
+    event: Event = pb.Receipt(
+        MessageSource=source,
+        MessageIDs=list(ids),
+        Timestamp=timestamp if timestamp is not None else int(time.time()),
+        Type=pb.Receipt.ReceiptType.Value(kind.upper()),
+    )
     return event
 
 

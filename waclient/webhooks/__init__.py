@@ -14,7 +14,7 @@ from .events import (
 )
 from .keys import WebhookKeys, forget_endpoint, replay_dead_letters
 from .signing import SecretError, generate_secret, parse_secret, sign, signature_headers
-from .urls import WebhookURLError, check_url, parse_url
+from .urls import PinnedURL, WebhookURLError, check_url, parse_url, pin_url
 
 __all__ = [
     "EVENT_TYPES",
@@ -24,6 +24,7 @@ __all__ = [
     "EndpointStore",
     "Event",
     "EventFilterError",
+    "PinnedURL",
     "SecretError",
     "Source",
     "TooManyEndpointsError",
@@ -37,6 +38,7 @@ __all__ = [
     "parse_event_filter",
     "parse_secret",
     "parse_url",
+    "pin_url",
     "replay_dead_letters",
     "sign",
     "signature_headers",

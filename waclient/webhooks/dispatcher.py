@@ -46,7 +46,7 @@ from .keys import WebhookKeys, replay_dead_letters
 if TYPE_CHECKING:  # httpx loads on the first dispatcher: the app's import stays light
     import httpx
 from .signing import signature_headers
-from .urls import WebhookURLError, check_url
+from .urls import PinnedURL, WebhookURLError, pin_url
 
 __all__ = ["DispatcherStats", "EndpointStats", "WebhookDispatcher"]
 
@@ -347,6 +347,7 @@ class _UrlCheck:
     url: str = ""
     checked: float = float("-inf")
     refused: str | None = None
+    target: PinnedURL | None = None
 
 
 class _EndpointWorker:
@@ -637,35 +638,42 @@ class _EndpointWorker:
         import httpx
 
         endpoint = self.endpoint
-        refused = await self._url_refused(endpoint.url)
-        if refused is not None:
-            return refused
+        check = await self._check_url(endpoint.url)
+        if check.target is None:
+            return check.refused
+        target = check.target
         headers = signature_headers(d.webhook_id, d.body, endpoint.secrets)
         headers["content-type"] = "application/json"
         headers["user-agent"] = USER_AGENT
+        headers.update(target.headers)
         try:
             async with asyncio.timeout(self.d.timeout):
                 async with self.d.http.stream(
-                    "POST", endpoint.url, content=d.body, headers=headers, timeout=self.d.timeout
-                ) as response:
+                    "POST", target.url, content=d.body, headers=headers,
+                    timeout=self.d.timeout, extensions=target.extensions,
+                ) as response:  # fmt: skip
                     status = response.status_code
                     await _drain(response)
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return _describe(exc)
+        except Exception as exc:  # a failed attempt all the same: retried, then dead-lettered
+            log.warning("webhooks %s: unexpected error delivering %s", endpoint.id, d.key,
+                        exc_info=True)  # fmt: skip
+            return _describe(exc)
         return None if 200 <= status < 300 else f"HTTP {status}"
 
-    async def _url_refused(self, url: str) -> str | None:
-        """Why the URL may not be called now (re-checked every ``url_recheck`` s), or None."""
+    async def _check_url(self, url: str) -> _UrlCheck:
+        """Where to send to ``url`` now, or why not (re-checked every ``url_recheck`` s): the
+        address checked then is the one connected to until the next check."""
         check = self._url
         now = time.monotonic()
         if check.url != url or now - check.checked >= self.d.url_recheck:
             try:
-                await check_url(url, allow_private=self.d.allow_private)
-                refused = None
+                target = await pin_url(url, allow_private=self.d.allow_private)
+                self._url = _UrlCheck(url, now, None, target)
             except WebhookURLError as exc:
-                refused = f"refused URL: {exc}"
-            self._url = _UrlCheck(url, now, refused)
-        return self._url.refused
+                self._url = _UrlCheck(url, now, f"refused URL: {exc}")
+        return self._url
 
     def _acknowledge(self, d: _Delivery) -> None:
         """Queue the XACK of a delivered entry; the worker loop sends them in one round trip
@@ -723,6 +731,8 @@ class _EndpointWorker:
 
 async def _drain(response: httpx.Response) -> None:
     """Read (and drop) up to MAX_RESPONSE_BYTES of the body; more closes the connection."""
+    if response.is_stream_consumed:  # a transport that answered with a body already read
+        return
     seen = 0
     async for chunk in response.aiter_raw():
         seen += len(chunk)

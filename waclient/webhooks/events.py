@@ -5,8 +5,10 @@ A body is the Standard Webhooks payload shape::
     {"type": "message.received", "timestamp": "2026-11-28T19:30:00Z", "data": {...}}
 
 Events come from Redis streams written by the host: the inbound and outbound message streams of
-the recorders, and the state-event stream (:func:`state_fields` makes its entries). A
-:class:`Source` names a stream and turns one of its entries into an :class:`Event`.
+the recorders, the state-event stream and the receipt stream (:func:`state_fields` makes their
+entries). A :class:`Source` names a stream and turns one of its entries into an :class:`Event`.
+Receipts have a stream of their own: there are several per message sent (delivered, read, once
+per group member), and a burst of them must not trim or push out the rarer state events.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from waclient.recorders import MessageRecord
+from waclient.messages import jid_to_str
+from waclient.recorders import MessageRecord, RecorderOutage
 
 __all__ = [
     "EVENT_TYPES",
@@ -27,12 +30,14 @@ __all__ = [
     "EventFilterError",
     "Source",
     "default_sources",
+    "event_from_outage",
+    "event_from_receipt",
     "matches",
     "parse_event_filter",
     "state_fields",
 ]
 
-MESSAGE_TYPES = ("message.received", "message.sent")
+MESSAGE_TYPES = ("message.received", "message.sent", "message.receipt")
 STATE_TYPES = (
     "session.connected",
     "session.disconnected",
@@ -119,6 +124,32 @@ def state_fields(
     }
 
 
+def event_from_outage(outage: RecorderOutage) -> Event:
+    """``recorder.outage_began`` or ``recorder.outage_ended`` for a recorder's notice, at the
+    time it began or ended."""
+    if outage.ended is None:
+        return Event("recorder.outage_began", outage.began, outage.to_dict())
+    return Event("recorder.outage_ended", outage.ended, outage.to_dict())
+
+
+def event_from_receipt(receipt: Any) -> Event:
+    """``message.receipt`` for a neonize ``Receipt`` event (:class:`waclient.events.ReceiptEv`),
+    at the receipt's time. ``type`` is the receipt type in lower case: ``delivered``, ``read``,
+    ``played``, ``read_self``, ``sender``, ``retry``..."""
+    source = receipt.MessageSource
+    kinds = receipt.DESCRIPTOR.fields_by_name["Type"].enum_type.values_by_number
+    kind = kinds.get(receipt.Type)
+    data = {
+        "chat": jid_to_str(source.Chat),
+        "sender": jid_to_str(source.Sender),
+        "from_me": bool(source.IsFromMe),
+        "message_ids": [str(i) for i in receipt.MessageIDs],
+        "type": kind.name.lower() if kind is not None else str(receipt.Type),
+        "timestamp": int(receipt.Timestamp),
+    }
+    return Event("message.receipt", _seconds(int(receipt.Timestamp)), data)
+
+
 def decode_state(fields: Mapping[bytes, bytes]) -> Event:
     data = json.loads(fields[b"data"])
     return Event(fields[b"type"].decode(), float(fields[b"ts"]), data)
@@ -134,14 +165,19 @@ def decode_message(fields: Mapping[bytes, bytes]) -> Event:
         "text": rec.text,
         "timestamp": rec.timestamp,
     }
-    seconds = rec.timestamp / 1000 if rec.timestamp > _MS_THRESHOLD else rec.timestamp
-    return Event(kind, float(seconds), data)
+    return Event(kind, _seconds(rec.timestamp), data)
 
 
 def default_sources(key_prefix: str) -> list[Source]:
-    """The host's streams: inbound and outbound messages, and state events."""
+    """The host's streams: inbound and outbound messages, state events and receipts."""
     return [
         Source("in", f"{key_prefix}:messages:in", decode_message),
         Source("out", f"{key_prefix}:messages:out", decode_message),
         Source("ev", f"{key_prefix}:events", decode_state),
+        Source("rc", f"{key_prefix}:receipts", decode_state),
     ]
+
+
+def _seconds(timestamp: int) -> float:
+    """A WhatsApp timestamp (seconds, or milliseconds) in seconds."""
+    return timestamp / 1000 if timestamp > _MS_THRESHOLD else float(timestamp)

@@ -4,7 +4,9 @@ Only ``http`` and ``https``, with a host; and unless private targets are allowed
 the host name resolves to must be a public one: loopback, link-local (cloud metadata services
 live there), private, shared, multicast, reserved and unspecified addresses are refused. The
 dispatcher checks again before delivering (a name may have been re-pointed since it was
-registered), and never follows redirects.
+registered) and connects to the address it checked (:func:`pin_url`), so a name that resolves
+differently at connection time (DNS rebinding) cannot send it elsewhere; it never follows
+redirects.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["WebhookURLError", "check_url", "parse_url", "refused_address"]
+__all__ = ["PinnedURL", "WebhookURLError", "check_url", "parse_url", "pin_url", "refused_address"]
 
 MAX_URL_LENGTH = 2048
 
@@ -54,25 +57,63 @@ def refused_address(address: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PinnedURL:
+    """Where to send a webhook for a URL: ``url`` with its host replaced by the address that was
+    checked, and what keeps the request addressed to the name (``Host``, TLS SNI)."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    """``Host`` when the URL was pinned to an address."""
+    extensions: dict[str, str] = field(default_factory=dict)
+    """httpx request extensions: ``sni_hostname`` for https (the certificate is checked
+    against the name, not the address)."""
+
+
 async def check_url(url: str, *, allow_private: bool = False) -> None:
     """Refuse ``url`` (:class:`WebhookURLError`) unless it may receive webhooks.
 
     Without ``allow_private`` the host name is resolved and every address it resolves to must
     be public; a name that does not resolve is refused too.
     """
+    await pin_url(url, allow_private=allow_private)
+
+
+async def pin_url(url: str, *, allow_private: bool = False) -> PinnedURL:
+    """:func:`check_url`, returning where to connect: with ``allow_private`` the URL as it is;
+    otherwise the URL pinned to the first of the public addresses its host resolves to."""
     host, port = parse_url(url)
     if allow_private:
-        return
+        return PinnedURL(url)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
     except (OSError, UnicodeError) as exc:
         raise WebhookURLError(f"the host {host!r} does not resolve ({exc})") from None
-    for info in infos:
-        reason = refused_address(str(info[4][0]))
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        reason = refused_address(address)
         if reason is not None:
             raise WebhookURLError(
                 f"{host!r} resolves to a non-public address ({reason}); set "
                 "WACLIENT_WEBHOOK_ALLOW_PRIVATE=1 to allow it"
             )
+    if not addresses:
+        raise WebhookURLError(f"the host {host!r} does not resolve")
+    return _pinned(url, addresses[0])
+
+
+def _pinned(url: str, address: str) -> PinnedURL:
+    parts = urlsplit(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host = parts.hostname or ""
+    name = f"[{host}]" if ":" in host else host
+    host_header = name if parts.port is None else f"{name}:{parts.port}"
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return PinnedURL(
+        urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
+        {"host": host_header},
+        extensions,
+    )

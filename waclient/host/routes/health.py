@@ -89,7 +89,8 @@ def router(settings: Settings) -> APIRouter:
         response_model=RedisBody,
         summary="Redis and the recorders",
         description="Whether Redis answers, and each recorder's state: up/down, buffered, "
-        "spooled, dropped, written, duplicates, replayed, outages; the scheduler's counters.",
+        "spooled, dropped, written, duplicates, replayed, outages; the scheduler's counters; "
+        "the event streams' writers (published, dropped, backlog waiting for Redis).",
         responses=error_responses(401),
     )
     async def redis(host: HostDep, _key: KeyDep) -> dict[str, Any]:
@@ -112,6 +113,7 @@ def router(settings: Settings) -> APIRouter:
             "probe": probe,
             "recorders": {d: st.to_dict() for d, st in stats.recorders.items()},
             "scheduler": stats.scheduler.to_dict() if stats.scheduler is not None else None,
+            "events": {name: st.to_dict() for name, st in stats.events.items()},
         }
 
     metrics_deps = [] if settings.metrics_public else [Depends(require_key)]
