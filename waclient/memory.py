@@ -298,8 +298,8 @@ def release_free_memory() -> bool:
     """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``: every arena,
     the middle of each heap included); False where there is no such call (not glibc).
 
-    Costs about a millisecond per 10 MiB of fragmented heap; the pages come back (zeroed,
-    page-faulted) when malloc hands them out again."""
+    Measured: 0.4 ms in a 77 MiB process with a fragmented heap, 15 ms in a 400 MiB one; the
+    pages come back (zeroed, page-faulted) when malloc hands them out again."""
     trim = _malloc_trim()
     if trim is None:
         return False
