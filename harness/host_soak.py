@@ -92,7 +92,7 @@ ORDINARY_JOB = ("+15550000000", "scheduled")
 SLOW_CONNECTIONS = 8
 BIG_HEADER_BYTES = 2**20
 HEAD = b"GET /health HTTP/1.1\r\nHost: soak\r\n"
-HOST_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+HOST_CHANNELS = ("rss", "heap", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
 RECEIVER_EVERY, RECEIVER_CYCLES = 30, 10
 """The webhook receiver is down for the last 10 cycles of every 30: a third of the run, in
 outages of about a second at 10 cycles/s (the in-flight deliveries fail and wait for their
@@ -341,7 +341,7 @@ class _Driver:
     def probes(self) -> list[Any]:
         from harness.probes import FLOORS, RESOLUTIONS, Probe
 
-        units = {"rss": "bytes", "py_blocks": "blocks", "gc_objects": "objects"}
+        units = {"rss": "bytes", "heap": "bytes", "py_blocks": "blocks", "gc_objects": "objects"}
         out = []
         for name in HOST_CHANNELS:
             memory = name in units
@@ -675,10 +675,13 @@ class _HostControl:
         """The host process's channels, after a collection (as the harness samples its own)."""
         import gc
 
+        from waclient.memory import c_heap_in_use
+
         gc.collect()
         rss, worker = _rss(), self.host.transport.worker_rss
         return {
-            "rss": rss, "py_blocks": sys.getallocatedblocks(), "gc_objects": len(gc.get_objects()),
+            "rss": rss, "heap": c_heap_in_use() or 0, "py_blocks": sys.getallocatedblocks(),
+            "gc_objects": len(gc.get_objects()),
             "listeners": self.host.client.listener_count(), "fds": len(os.listdir("/proc/self/fd")),
             "threads": _os_threads(), "tasks": len(asyncio.all_tasks()),
             "worker_rss": worker, "total_rss": rss + worker,

@@ -53,6 +53,7 @@ __all__ = [
     "MemoryLimits",
     "MemorySnapshot",
     "ProcessMemory",
+    "c_heap_in_use",
     "derive_limits",
     "machine_memory",
     "parse_size",
@@ -305,6 +306,40 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def c_heap_in_use() -> int | None:
+    """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``: ``uordblks``
+    plus ``hblkhd``, every arena), or None where there is no such call (not glibc).
+
+    Unlike RSS it does not count what the allocator keeps resident after frees. It walks the
+    free lists: milliseconds on a fragmented heap."""
+    info = _mallinfo2()
+    if info is None:
+        return None
+    got = info()
+    return int(got.uordblks + got.hblkhd)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn: Callable[[], _MallInfo2] = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2  # type: ignore[attr-defined]
+    fn.argtypes = []  # type: ignore[attr-defined]
+    return fn
 
 
 @functools.cache
