@@ -155,7 +155,8 @@ def host_rig(
             final = host.call("final")
             delivery = _delivery(faults, host, drive.ended)
             with redis_sync.Redis.from_url(faults.ready["direct"]) as r:
-                stored = [f[b"id"].decode() for _, f in r.xrange(f"{SESSION}:messages:out")]
+                stored = [(f[b"id"].decode(), f[b"text"].decode())
+                          for _, f in r.xrange(f"{SESSION}:messages:out")]  # fmt: skip
         finally:
             if drive is not None:
                 drive.stop()
@@ -394,10 +395,11 @@ def _delivery(faults: _Controlled, host: _Controlled, ended: float) -> dict[str,
 
 
 def _summary(
-    drive: _Driver, load: dict[str, Any], final: dict[str, Any], stored: list[str]
+    drive: _Driver, load: dict[str, Any], final: dict[str, Any], stored: list[tuple[str, str]]
 ) -> dict[str, Any]:
-    stored_set = set(stored)
+    stored_set = {i for i, _ in stored}
     accepted = load["sent_ids"]
+    answered = set(accepted)
     return {
         "cycles": drive.done,
         "seconds": round(drive.seconds, 1),
@@ -412,6 +414,13 @@ def _summary(
         "records_in_redis": len(stored),
         "duplicates_in_redis": len(stored) - len(stored_set),
         "missing_in_redis": sum(1 for i in accepted if i not in stored_set),
+        # Sends in Redis that no 200 answered (their texts), and the scheduler's sends stored.
+        "unanswered_in_redis": [
+            f"{t} ({load['refused_sends'].get(t, 'answered 200')})"
+            for i, t in stored
+            if t != ORDINARY_JOB[1] and i not in answered
+        ][:20],
+        "scheduled_in_redis": sum(1 for _, t in stored if t == ORDINARY_JOB[1]),
         "peak_total_rss_mib": round(drive.peak_total / 2**20, 1),
         "receiver_outages": drive.receiver_outages,
         "webhook_peak_backlog": drive.peak_backlog,
@@ -787,6 +796,9 @@ class _Tally:
     hostile: Counter[str] = field(default_factory=Counter)
     hostile_unexpected: Counter[str] = field(default_factory=Counter)
     sent_ids: list[str] = field(default_factory=list)
+    refused_sends: dict[str, str] = field(default_factory=dict)
+    """Text of each send not answered 200 -> what answered it (status and error, or the
+    transport error)."""
     requests: int = 0
     transport_errors: int = 0
 
@@ -809,6 +821,7 @@ def load_main(url: str, out: str, seed: int) -> int:
     result = {
         "requests": tally.requests, "codes": dict(tally.codes),
         "errors_5xx": dict(tally.errors_5xx), "sent_ids": tally.sent_ids,
+        "refused_sends": tally.refused_sends,
         "transport_errors": tally.transport_errors, "hostile": dict(tally.hostile),
         "hostile_unexpected": dict(tally.hostile_unexpected),
     }  # fmt: skip
@@ -830,13 +843,16 @@ def _ordinary(url: str, tally: _Tally, stop: threading.Event, rng: random.Random
     ) as c:
         while not stop.is_set():
             roll = rng.random()
+            text = f"soak {tally.requests}.{tally.transport_errors}"
             try:
                 if roll < 0.45:
                     name = "send"
                     to = f"+1555{rng.randrange(10**7):07d}"
-                    r = c.post("/messages/text", json={"to": to, "text": f"soak {tally.requests}"})
+                    r = c.post("/messages/text", json={"to": to, "text": text})
                     if r.status_code == 200:
                         tally.sent_ids.append(r.json()["id"])
+                    else:
+                        tally.refused_sends[text] = f"{r.status_code}:{r.text[:80]}"
                 elif roll < 0.55:
                     name = "schedule"
                     at = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.5, 2.0))
@@ -854,6 +870,8 @@ def _ordinary(url: str, tally: _Tally, stop: threading.Event, rng: random.Random
                     name = "read"
                     r = c.get(rng.choice(reads))
             except httpx.TransportError as exc:
+                if name == "send":
+                    tally.refused_sends[text] = f"transport:{type(exc).__name__}"
                 tally.transport_errors += 1
                 tally.codes[f"transport:{type(exc).__name__}"] += 1
                 continue
