@@ -320,7 +320,7 @@ def _suite(a: argparse.Namespace) -> int:
         if warmup is not None and a.long:
             warmup = max(warmup, cycles // 10)
         elif not a.long:
-            warmup = None if sc.suite_cycles is None else warmup
+            warmup = sc.suite_warmup or (None if sc.suite_cycles is None else warmup)
         timeout = (sc.timeout or 600.0) * (8 if a.long else 1)
         baseline = Path(a.baseline).resolve() / sc.name / "verdict.json" if a.baseline else None
         bar = None if a.quiet else ProgressBar(sc.name)

@@ -1,13 +1,14 @@
 """The ``host`` scenario's rig: the host in a process of its own, served as in production, and
 the load (ordinary and hostile) from another.
 
-Four processes:
+Five processes:
 
 - **the scenario process** (the harness's): it drives the cycles, reads the host's channels
-  over a control pipe, cuts Redis every ``outage_every`` cycles, and runs the analysis;
-- **the fault process** (``python -P harness/host_soak.py faults``): a real redis-server
-  behind a :class:`~harness.faults.FaultProxy` (its pump threads stay out of the processes
-  measured);
+  over a control pipe, cuts Redis every ``outage_every`` cycles, has the webhook receiver
+  killed for the last ``receiver_cycles`` of every ``receiver_every``, and runs the analysis;
+- **the fault process** (``python -P harness/host_soak.py faults IDS_FILE``): a real
+  redis-server behind a :class:`~harness.faults.FaultProxy`, and the webhook receiver's
+  control (its pump threads, subprocesses and Redis reads stay out of the processes measured);
 - **the host process** (``python -P harness/host_soak.py host SETTINGS``): the app of
   ``waclient.host.create_app`` under ``uvicorn`` with ``waclient.host.http_guard.server_config``
   (what ``python -m waclient.host`` serves), the isolated transport with a simulated worker,
@@ -17,14 +18,21 @@ Four processes:
 - **the load process** (``python -P harness/host_soak.py load URL OUT SEED``): an ordinary
   client (sends, schedules, cancels, lists, reads) from 127.0.0.1, and hostile traffic mixed
   in from other loopback addresses: slow connections holding unfinished headers, oversized
-  headers, bad JSON and out-of-range dates, oversized bodies, wrong keys.
+  headers, bad JSON and out-of-range dates, oversized bodies, wrong keys;
+- **the webhook receiver** (:class:`~harness.webhook_receiver.ReceiverProcess`, a child of the
+  fault process), the host's one configured endpoint (``WACLIENT_WEBHOOK_URLS``): it verifies
+  every signature with ``standardwebhooks``; SIGKILLed, it leaves the host's dispatcher
+  retrying and the backlog in Redis, drained when it is back.
 
 The scenario's channels are the host process's (``host_*``, measured there after a
 ``gc.collect()``), its worker's RSS, and host + worker RSS; the harness's own channels are the
 scenario process's. After the run every message the host accepted must be in Redis, once;
 no answer may be a 5xx other than the documented 503s; every hostile request must be answered
 4xx (or cut off); every job left in Redis (one-shots whose sends failed while the session
-reconnected wait for their retry) must be one the ordinary client scheduled, and readable.
+reconnected wait for their retry) must be one the ordinary client scheduled, and readable;
+every event in the streams the dispatcher reads (``webhook-id`` ``<source>_<entry id>``) must
+have reached the receiver with a valid signature (more than once only after a lost answer: at
+least once), none dead-lettered.
 """
 
 from __future__ import annotations
@@ -45,9 +53,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "host_rig", "problems_of"]
+if TYPE_CHECKING:  # the host and load processes cannot import the harness (``-P``)
+    from redis import Redis
+
+    from harness.webhook_receiver import ReceiverProcess
+
+__all__ = [
+    "ALLOWED_503", "HOSTILE_ANSWERS", "KEY", "RECEIVER_CYCLES", "RECEIVER_EVERY", "host_rig",
+    "problems_of",
+]  # fmt: skip
 
 KEY = "soak-key-0123456789abcdef"
 ALLOWED_503 = frozenset({"redis_unavailable", "not_connected", "busy"})
@@ -76,7 +92,20 @@ ORDINARY_JOB = ("+15550000000", "scheduled")
 SLOW_CONNECTIONS = 8
 BIG_HEADER_BYTES = 2**20
 HEAD = b"GET /health HTTP/1.1\r\nHost: soak\r\n"
-HOST_CHANNELS = ("rss", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+HOST_CHANNELS = ("rss", "heap", "py_blocks", "gc_objects", "listeners", "fds", "threads", "tasks")
+RECEIVER_EVERY, RECEIVER_CYCLES = 30, 10
+"""The webhook receiver is down for the last 10 cycles of every 30: a third of the run, in
+outages of about a second at 10 cycles/s (the in-flight deliveries fail and wait for their
+retry: 0.5-1 s, then 1-2 s with the host's default backoff), many of them within the warm-up
+of a short run."""
+BACKLOG_CAP = 10_000
+SESSION = "waclient"
+"""The host's session name: the prefix of its streams."""
+DRAIN_SECONDS = 900.0
+"""After the run, the longest wait for the receiver to have every event: a guard against a
+hang. The backlog left can be large: the host delivers about 50 events/s here, while the load
+records about as many and the receiver is down a third of the time (8,000 cycles left 20,000
+events, delivered in 6 minutes)."""
 
 
 # -- the scenario process's side -------------------------------------------------------------------
@@ -88,12 +117,16 @@ def host_rig(
     requests_per_cycle: int = 10,
     outage_every: int = 100,
     outage_cycles: int | None = None,
+    receiver_every: int = RECEIVER_EVERY,
+    receiver_cycles: int = RECEIVER_CYCLES,
     seed: int = 1,
     summary_path: str | None = None,
 ) -> Iterator[Any]:
-    """The fault, host and load processes; yields the :class:`~harness.model.Workload` that
-    drives them. After the cycles: the checks (:func:`problems_of`); problems raise
-    ``RuntimeError`` (after the summary went to ``summary_path`` as JSON, when given)."""
+    """The fault, host, load and receiver processes; yields the
+    :class:`~harness.model.Workload` that drives them. The webhook receiver is down for the
+    last ``receiver_cycles`` of every ``receiver_every``. After the cycles: the checks
+    (:func:`problems_of`); problems raise ``RuntimeError`` (after the summary went to
+    ``summary_path`` as JSON, when given)."""
     import redis as redis_sync
 
     from harness.model import Workload
@@ -101,32 +134,36 @@ def host_rig(
     outage_cycles = max(1, outage_every // 10) if outage_cycles is None else outage_cycles
     if outage_every // 2 + outage_cycles >= outage_every:
         raise ValueError("an outage must end within its period")
+    if not 0 < receiver_cycles < receiver_every:
+        raise ValueError("the receiver must be up for part of its period")
     with tempfile.TemporaryDirectory(prefix="soak-host-") as tmp:
-        faults = _Controlled(["faults"], Path(tmp) / "faults.log")
+        faults = _Controlled(["faults", str(Path(tmp) / "webhook-ids")], Path(tmp) / "faults.log")
         host: _Controlled | None = None
         drive: _Driver | None = None
         try:
-            host = _Controlled(["host", json.dumps(_host_settings(tmp, faults.ready["url"]))],
-                               Path(tmp) / "host.log")  # fmt: skip
+            settings = _host_settings(tmp, faults.ready)
+            host = _Controlled(["host", json.dumps(settings)], Path(tmp) / "host.log")
             url = host.ready["url"]
             loader = _start(["load", url, str(Path(tmp) / "load.json"), str(seed)],
                             Path(tmp) / "load.log")  # fmt: skip
-            drive = _Driver(host, faults, loader, requests_per_cycle, outage_every,
-                            outage_cycles)  # fmt: skip
+            drive = _Driver(host, faults, loader, requests_per_cycle, (outage_every,
+                            outage_cycles), (receiver_every, receiver_cycles))  # fmt: skip
             notes: list[str] = []
             yield Workload(drive.cycle, probes=drive.probes(), notes=notes)
             drive.stop()
             load = json.loads((Path(tmp) / "load.json").read_text())
             final = host.call("final")
+            delivery = _delivery(faults, host, drive.ended)
             with redis_sync.Redis.from_url(faults.ready["direct"]) as r:
-                stored = [f[b"id"].decode() for _, f in r.xrange("waclient:messages:out")]
+                stored = [(f[b"id"].decode(), f[b"text"].decode())
+                          for _, f in r.xrange(f"{SESSION}:messages:out")]  # fmt: skip
         finally:
             if drive is not None:
                 drive.stop()
             if host is not None:
                 host.close()
-            faults.close()
-        summary = _summary(drive, load, final, stored)
+            faults.close()  # it stops the receiver too
+        summary = _summary(drive, load, final, stored) | delivery
         notes.extend(_notes(summary))
         if summary_path:
             Path(summary_path).write_text(json.dumps(summary, indent=1, default=str))
@@ -159,15 +196,33 @@ def problems_of(summary: dict[str, Any]) -> list[str]:
             f"jobs the ordinary client never scheduled: {summary['foreign_jobs']}, "
             f"unreadable: {summary['unreadable_jobs']}"
         )
+    if summary["webhook_missing"]:
+        problems.append(
+            f"{summary['webhook_missing']} of {summary['webhook_events']} recorded events never "
+            f"reached the webhook receiver"
+        )
+    if summary["webhook_bad_signatures"] or summary["webhook_dead_lettered"]:
+        problems.append(
+            f"webhooks: {summary['webhook_bad_signatures']} bad signatures, "
+            f"{summary['webhook_dead_lettered']} dead-lettered"
+        )
     if summary["host_heavy_modules"]:
         problems.append(f"the host process imported {summary['host_heavy_modules']}")
     return problems
 
 
-def _host_settings(tmp: str, redis_url: str) -> dict[str, Any]:
-    """``waclient.host.load_settings`` overrides: fast reconnects, no rate limits in the way."""
+def _host_settings(tmp: str, faults: dict[str, Any]) -> dict[str, Any]:
+    """``waclient.host.load_settings`` overrides: Redis through the fault proxy, fast
+    reconnects, no rate limits in the way, the receiver as the one webhook endpoint (on
+    loopback). The delivery settings are the host's defaults but for the attempts before the
+    dead letters: with the receiver down a third of the time, about 1 event in 3**10 fails 10 times
+    in a row (one in a run of 8,000 cycles); the dead letters have tests of their own
+    (tests/test_webhooks_delivery.py), here every event must reach the receiver."""
     return {
-        "api_key": KEY, "transport": "isolated", "worker": "simulated", "redis_url": redis_url,
+        "api_key": KEY, "session_name": SESSION, "webhook_urls": faults["webhook_url"],
+        "webhook_secret": faults["webhook_secret"], "webhook_allow_private": True,
+        "webhook_max_attempts": 10**6,
+        "transport": "isolated", "worker": "simulated", "redis_url": faults["url"],
         "session_dir": str(Path(tmp) / "session"), "bind": "127.0.0.1", "log_level": "warning",
         "backoff_initial": 0.01, "backoff_max": 0.05, "max_failures": 10**6,
         "send_rate": 10**6, "send_burst": 10**6, "schedule_rate": 10**6,
@@ -221,7 +276,8 @@ class _Controlled:
 
 
 class _Driver:
-    """The cycle, the host's channels, the outages, and the peak of host + worker RSS."""
+    """The cycle, the host's channels, the outages (Redis, receiver), the peaks of host + worker
+    RSS and of the webhook backlog."""
 
     def __init__(
         self,
@@ -229,17 +285,24 @@ class _Driver:
         faults: _Controlled,
         loader: subprocess.Popen[str],
         requests_per_cycle: int,
-        outage_every: int,
-        outage_cycles: int,
+        outages: tuple[int, int],
+        receiver_outages: tuple[int, int],
     ) -> None:
         self.host, self.faults, self.loader = host, faults, loader
-        self.per_cycle, self.every, self.lasts = requests_per_cycle, outage_every, outage_cycles
+        self.per_cycle = requests_per_cycle
+        self.every, self.lasts = outages
+        self.receiver_every, self.receiver_lasts = receiver_outages
         self.done = 0
         self.cut = False
         self.outages = 0
+        self.receiver_down = False
+        self.receiver_outages = 0
+        self.peak_backlog = 0
+        self.peak_residue = 0
         self.peak_total = 0
         self.started = time.monotonic()
         self.seconds = 0.0
+        self.ended = 0.0
         self._stats: dict[str, float] = {}
         self._stats_at = -1
 
@@ -254,6 +317,9 @@ class _Driver:
             self.cut, self.outages = True, self.outages + 1
         elif phase == self.every // 2 + self.lasts and self.cut:
             self.heal()
+        down = i % self.receiver_every >= self.receiver_every - self.receiver_lasts
+        if down != self.receiver_down:
+            self.receiver(up=not down)
         self.done = i + 1
 
     def heal(self) -> None:
@@ -261,10 +327,22 @@ class _Driver:
             self.faults.call("heal")
             self.cut = False
 
+    def receiver(self, *, up: bool) -> None:
+        """Kill the receiver (noting the backlog left from before), or start it again (noting
+        the backlog its outage left)."""
+        if up:
+            reply = self.faults.call("receiver_up")
+            self.peak_backlog = max(self.peak_backlog, reply["backlog"])
+        else:
+            reply = self.faults.call("receiver_down")
+            self.peak_residue = max(self.peak_residue, reply["backlog"])
+            self.receiver_outages += 1
+        self.receiver_down = not up
+
     def probes(self) -> list[Any]:
         from harness.probes import FLOORS, RESOLUTIONS, Probe
 
-        units = {"rss": "bytes", "py_blocks": "blocks", "gc_objects": "objects"}
+        units = {"rss": "bytes", "heap": "bytes", "py_blocks": "blocks", "gc_objects": "objects"}
         out = []
         for name in HOST_CHANNELS:
             memory = name in units
@@ -290,18 +368,38 @@ class _Driver:
         return read
 
     def stop(self) -> None:
-        """Stop the load (it writes its tally), end an outage; once."""
+        """Stop the load (it writes its tally), end the outages (Redis, receiver); once."""
         if not self.seconds:
             self.seconds = time.monotonic() - self.started
             _stop(self.loader, signal.SIGTERM)
         self.heal()
+        if self.receiver_down:
+            self.receiver(up=True)
+        self.ended = self.ended or time.monotonic()
+
+
+def _delivery(faults: _Controlled, host: _Controlled, ended: float) -> dict[str, Any]:
+    """After the load ended (at ``ended``): wait until every event in the source streams reached
+    the receiver (at most :data:`DRAIN_SECONDS`); the figures."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while (tally := faults.call("tally"))["webhook_missing"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    delivered = time.monotonic() - ended
+    dispatcher = host.call("webhooks")
+    return tally | {
+        "webhook_failed_attempts": dispatcher["failed"],
+        "webhook_dead_lettered": dispatcher["dead_lettered"],
+        "webhook_redis_errors": dispatcher["redis_errors"],
+        "webhook_delivered_seconds_after_load": round(delivered, 1),
+    }
 
 
 def _summary(
-    drive: _Driver, load: dict[str, Any], final: dict[str, Any], stored: list[str]
+    drive: _Driver, load: dict[str, Any], final: dict[str, Any], stored: list[tuple[str, str]]
 ) -> dict[str, Any]:
-    stored_set = set(stored)
+    stored_set = {i for i, _ in stored}
     accepted = load["sent_ids"]
+    answered = set(accepted)
     return {
         "cycles": drive.done,
         "seconds": round(drive.seconds, 1),
@@ -316,7 +414,17 @@ def _summary(
         "records_in_redis": len(stored),
         "duplicates_in_redis": len(stored) - len(stored_set),
         "missing_in_redis": sum(1 for i in accepted if i not in stored_set),
+        # Sends in Redis that no 200 answered (their texts), and the scheduler's sends stored.
+        "unanswered_in_redis": [
+            f"{t} ({load['refused_sends'].get(t, 'answered 200')})"
+            for i, t in stored
+            if t != ORDINARY_JOB[1] and i not in answered
+        ][:20],
+        "scheduled_in_redis": sum(1 for _, t in stored if t == ORDINARY_JOB[1]),
         "peak_total_rss_mib": round(drive.peak_total / 2**20, 1),
+        "receiver_outages": drive.receiver_outages,
+        "webhook_peak_backlog": drive.peak_backlog,
+        "webhook_peak_backlog_at_outage": drive.peak_residue,
         **final,
     }
 
@@ -331,6 +439,15 @@ def _notes(s: dict[str, Any]) -> list[str]:
         f"scheduled sent), {hostile} hostile ({s['hostile']})",
         f"Redis: {s['records_in_redis']} records, {s['missing_in_redis']} missing, "
         f"{s['duplicates_in_redis']} duplicates; HTTP guard: {s['http_guard']}",
+        f"webhooks: receiver down {s['receiver_outages']} times; backlog in Redis as it came "
+        f"back up to {s['webhook_peak_backlog']} events, left as it went down up to "
+        f"{s['webhook_peak_backlog_at_outage']}; {s['webhook_events']} events recorded, "
+        f"{s['webhook_distinct']} distinct webhook-ids received "
+        f"({s['webhook_deliveries'] - s['webhook_distinct']} duplicates), "
+        f"{s['webhook_missing']} missing, {s['webhook_bad_signatures']} bad signatures, "
+        f"{s['webhook_failed_attempts']} failed attempts, {s['webhook_dead_lettered']} "
+        f"dead-lettered; all delivered {s['webhook_delivered_seconds_after_load']} s after "
+        f"the load stopped",
     ]
 
 
@@ -363,25 +480,94 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> None:
 # -- the fault process -----------------------------------------------------------------------------
 
 
-def faults_main() -> int:
-    """A real redis-server behind a FaultProxy; ``cut`` refuses and resets, ``heal`` heals."""
+def faults_main(ids_file: str) -> int:
+    """A real redis-server behind a FaultProxy (``cut`` refuses and resets, ``heal`` heals) and
+    the webhook receiver, recording to ``ids_file`` (``receiver_down`` kills it,
+    ``receiver_up`` starts it again; both answer the backlog in Redis just before; ``tally``
+    counts what reached it)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from harness.faults import FaultProxy, RedisServer
+    import redis
 
+    from harness.faults import FaultProxy, RedisServer
+    from harness.webhook_receiver import ReceiverProcess
+    from waclient.webhooks.signing import generate_secret
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the receiver is stopped on the way
+    receiver = ReceiverProcess(generate_secret(), ids_file)
     with RedisServer() as server, FaultProxy((server.host, server.port)) as proxy:
         server.start()
-        print(json.dumps({"url": proxy.url, "direct": server.url}), flush=True)
-        for line in sys.stdin:
-            cmd = json.loads(line)["cmd"]
-            if cmd == "cut":
-                proxy.refuse(True)
-                proxy.reset()
-            elif cmd == "heal":
-                proxy.heal()
-            elif cmd == "quit":
-                break
-            print(json.dumps({"done": cmd}), flush=True)
+        direct = redis.Redis.from_url(server.url)
+        try:
+            receiver.start()
+            print(json.dumps({"url": proxy.url, "direct": server.url, "webhook_url": receiver.url,
+                              "webhook_secret": receiver.secret}), flush=True)  # fmt: skip
+            for line in sys.stdin:
+                cmd = json.loads(line)["cmd"]
+                reply: dict[str, Any] = {"done": cmd}
+                if cmd == "cut":
+                    proxy.refuse(True)
+                    proxy.reset()
+                elif cmd == "heal":
+                    proxy.heal()
+                elif cmd == "receiver_down":
+                    reply["backlog"] = _backlog(direct)
+                    receiver.stop()
+                elif cmd == "receiver_up":
+                    reply["backlog"] = _backlog(direct)
+                    receiver.start()
+                elif cmd == "tally":
+                    reply |= _tally(direct, receiver)
+                elif cmd == "quit":
+                    break
+                print(json.dumps(reply), flush=True)
+        finally:
+            receiver.stop()
+            direct.close()
     return 0
+
+
+def _source_streams() -> dict[str, str]:
+    """The streams the host's dispatcher delivers, by source name (``webhook-id`` prefix)."""
+    from waclient.webhooks import default_sources
+
+    return {source.name: source.stream for source in default_sources(SESSION)}
+
+
+def _backlog(r: Redis) -> int:
+    """Entries of the source streams that the webhook groups have pending or not read yet
+    (counted, as Redis < 7 reports no ``lag``; up to :data:`BACKLOG_CAP` per stream)."""
+    from redis.exceptions import ResponseError
+
+    total = 0
+    for stream in _source_streams().values():
+        try:
+            groups: Any = r.xinfo_groups(stream)
+        except ResponseError:  # the stream does not exist yet
+            continue
+        for group in groups:
+            if group["name"].startswith(b"webhook:"):
+                after = b"(" + group["last-delivered-id"]
+                unread: Any = r.xrange(stream, after, "+", count=BACKLOG_CAP)
+                total += group["pending"] + len(unread)
+    return int(total)
+
+
+def _tally(r: Redis, receiver: ReceiverProcess) -> dict[str, Any]:
+    """Every event now in the source streams (its ``webhook-id``) against what the receiver
+    answered 2xx."""
+    expected: set[str] = set()
+    for name, stream in _source_streams().items():
+        entries: Any = r.xrange(stream)
+        expected.update(f"{name}_{entry_id.decode()}" for entry_id, _ in entries)
+    received = receiver.ids()
+    counts = receiver.counts()
+    return {
+        "webhook_events": len(expected),
+        "webhook_missing": len(expected - received.keys()),
+        "webhook_deliveries": counts.deliveries,
+        "webhook_distinct": counts.distinct,
+        "webhook_bad_signatures": counts.bad_signatures,
+    }
 
 
 # -- the host process ------------------------------------------------------------------------------
@@ -474,6 +660,8 @@ class _HostControl:
             return self.stats()
         if msg["cmd"] == "final":
             return await self.final()
+        if msg["cmd"] == "webhooks":
+            return self.webhooks()
         raise ValueError(f"unknown command {msg['cmd']!r}")
 
     async def cycle(self, target: int) -> dict[str, Any]:
@@ -496,14 +684,25 @@ class _HostControl:
         """The host process's channels, after a collection (as the harness samples its own)."""
         import gc
 
+        from waclient.memory import c_heap_in_use
+
         gc.collect()
         rss, worker = _rss(), self.host.transport.worker_rss
         return {
-            "rss": rss, "py_blocks": sys.getallocatedblocks(), "gc_objects": len(gc.get_objects()),
+            "rss": rss, "heap": c_heap_in_use() or 0, "py_blocks": sys.getallocatedblocks(),
+            "gc_objects": len(gc.get_objects()),
             "listeners": self.host.client.listener_count(), "fds": len(os.listdir("/proc/self/fd")),
             "threads": _os_threads(), "tasks": len(asyncio.all_tasks()),
             "worker_rss": worker, "total_rss": rss + worker,
         }  # fmt: skip
+
+    def webhooks(self) -> dict[str, Any]:
+        """The dispatcher's counters."""
+        dispatcher = self.host.webhooks
+        assert dispatcher is not None, "the host runs no webhook dispatcher"
+        st = dispatcher.statistics()
+        names = ("delivered", "failed", "retried", "dead_lettered", "in_flight", "redis_errors")
+        return {name: getattr(st, name) for name in names}
 
     async def final(self) -> dict[str, Any]:
         """After the load stopped: the last jobs fired, everything in Redis; the figures."""
@@ -597,6 +796,9 @@ class _Tally:
     hostile: Counter[str] = field(default_factory=Counter)
     hostile_unexpected: Counter[str] = field(default_factory=Counter)
     sent_ids: list[str] = field(default_factory=list)
+    refused_sends: dict[str, str] = field(default_factory=dict)
+    """Text of each send not answered 200 -> what answered it (status and error, or the
+    transport error)."""
     requests: int = 0
     transport_errors: int = 0
 
@@ -619,6 +821,7 @@ def load_main(url: str, out: str, seed: int) -> int:
     result = {
         "requests": tally.requests, "codes": dict(tally.codes),
         "errors_5xx": dict(tally.errors_5xx), "sent_ids": tally.sent_ids,
+        "refused_sends": tally.refused_sends,
         "transport_errors": tally.transport_errors, "hostile": dict(tally.hostile),
         "hostile_unexpected": dict(tally.hostile_unexpected),
     }  # fmt: skip
@@ -640,13 +843,16 @@ def _ordinary(url: str, tally: _Tally, stop: threading.Event, rng: random.Random
     ) as c:
         while not stop.is_set():
             roll = rng.random()
+            text = f"soak {tally.requests}.{tally.transport_errors}"
             try:
                 if roll < 0.45:
                     name = "send"
                     to = f"+1555{rng.randrange(10**7):07d}"
-                    r = c.post("/messages/text", json={"to": to, "text": f"soak {tally.requests}"})
+                    r = c.post("/messages/text", json={"to": to, "text": text})
                     if r.status_code == 200:
                         tally.sent_ids.append(r.json()["id"])
+                    else:
+                        tally.refused_sends[text] = f"{r.status_code}:{r.text[:80]}"
                 elif roll < 0.55:
                     name = "schedule"
                     at = datetime.now(UTC) + timedelta(seconds=rng.uniform(0.5, 2.0))
@@ -664,6 +870,8 @@ def _ordinary(url: str, tally: _Tally, stop: threading.Event, rng: random.Random
                     name = "read"
                     r = c.get(rng.choice(reads))
             except httpx.TransportError as exc:
+                if name == "send":
+                    tally.refused_sends[text] = f"transport:{type(exc).__name__}"
                 tally.transport_errors += 1
                 tally.codes[f"transport:{type(exc).__name__}"] += 1
                 continue
@@ -770,11 +978,12 @@ def _status(answer: bytes) -> int | None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["host"] and len(argv) == 2:
         return host_main(argv[1])
-    if argv == ["faults"]:
-        return faults_main()
+    if argv[:1] == ["faults"] and len(argv) == 2:
+        return faults_main(argv[1])
     if argv[:1] == ["load"] and len(argv) == 4:
         return load_main(argv[1], argv[2], int(argv[3]))
-    print("usage: host_soak.py faults | host SETTINGS_JSON | load URL OUT SEED", file=sys.stderr)
+    print("usage: host_soak.py faults IDS_FILE | host SETTINGS_JSON | load URL OUT SEED",
+          file=sys.stderr)  # fmt: skip
     return 2
 
 

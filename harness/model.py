@@ -70,6 +70,8 @@ class Scenario:
     """The scenario's own defaults: the lowest layer of a soak's settings."""
     suite_cycles: int | None = None
     """Cycles in the short suite (``nox -s soak``); default the scenario's cycles."""
+    suite_warmup: int | None = None
+    """Warm-up cycles in the short suite; default the scenario's warm-up."""
     long_cycles: int | None = None
     """Cycles in the long suite (``nox -s soak-long``); default 5 x the scenario's cycles."""
     timeout: float | None = None
@@ -119,6 +121,7 @@ def scenario(
     *,
     description: str | None = None,
     suite_cycles: int | None = None,
+    suite_warmup: int | None = None,
     long_cycles: int | None = None,
     timeout: float | None = None,
     bug: tuple[str, int] | None = None,
@@ -140,6 +143,7 @@ def scenario(
             description=doc.strip().splitlines()[0] if doc.strip() else "",
             settings=layer,
             suite_cycles=suite_cycles,
+            suite_warmup=suite_warmup,
             long_cycles=long_cycles,
             timeout=timeout,
             bug=bug,

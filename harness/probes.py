@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import math
@@ -152,16 +151,6 @@ def rss_probe(threshold: float | None = None) -> Probe:
                  RESOLUTIONS["rss"])  # fmt: skip
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
 def heap_probe(threshold: float | None = None) -> Probe | None:
     """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``), or None.
 
@@ -170,16 +159,13 @@ def heap_probe(threshold: float | None = None) -> Probe | None:
     lists, milliseconds on a fragmented heap; the sampler reads it less often then. Memory
     mapped by other allocators (Go's, pymalloc's arenas) is not in it: see rss.
     """
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    from waclient.memory import c_heap_in_use
+
+    if c_heap_in_use() is None:
         return None
-    fn.restype = _MallInfo2
-    fn.argtypes = []
 
     def read() -> float:
-        info = fn()
-        return float(info.uordblks + info.hblkhd)
+        return float(c_heap_in_use() or 0)
 
     return Probe("heap", read, "bytes", threshold, 0.0, "C heap in use (mallinfo2)", FLOORS["heap"])
 

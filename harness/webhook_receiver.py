@@ -1,11 +1,12 @@
-"""A webhook receiver in a process of its own, for the ``webhook-outage`` soak scenario.
+"""A webhook receiver in a process of its own, for the ``webhook-outage`` and ``host`` soak
+scenarios.
 
 ``python -m harness.webhook_receiver PORT SECRET IDS_FILE`` serves a small ASGI app under
 uvicorn on ``127.0.0.1:PORT``: every POST is verified with the independent ``standardwebhooks``
 library, answered 204 (400 on a bad signature), and its ``webhook-id`` appended to ``IDS_FILE``
 before the answer, so the ids survive the receiver being killed. It prints ``ready`` once it
 listens and serves until killed. :class:`ReceiverProcess` starts and kills it from the soak;
-:meth:`ReceiverProcess.counts` reads the distinct ids back.
+:meth:`ReceiverProcess.counts` and :meth:`ReceiverProcess.ids` read the ids back.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,10 +79,18 @@ class ReceiverProcess:
 
     def counts(self) -> ReceiverCounts:
         """What the receiver answered 2xx so far, read back from its ids file."""
+        ids = self.ids()
+        return ReceiverCounts(
+            deliveries=ids.total() - ids[_BAD_SIGNATURE],
+            distinct=len(ids) - (_BAD_SIGNATURE in ids),
+            bad_signatures=ids[_BAD_SIGNATURE],
+        )
+
+    def ids(self) -> Counter[str]:
+        """Each ``webhook-id`` answered 2xx so far, with how many times (and, under the key
+        ``"!bad-signature"``, the requests refused for their signature)."""
         lines = self.ids_file.read_text().splitlines() if self.ids_file.exists() else []
-        bad = sum(1 for line in lines if line == _BAD_SIGNATURE)
-        ids = [line for line in lines if line != _BAD_SIGNATURE]
-        return ReceiverCounts(deliveries=len(ids), distinct=len(set(ids)), bad_signatures=bad)
+        return Counter(lines)
 
 
 _BAD_SIGNATURE = "!bad-signature"

@@ -50,6 +50,7 @@ GUARD_FIELDS = {
     "check_interval",
     "log_interval",
     "limits",
+    "trims",
 }
 SCHEDULER_FIELDS = {
     "namespace",

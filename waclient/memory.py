@@ -11,6 +11,12 @@ it, and a guard with two limits derived from the machine's memory:
 - past the **hard** limit it calls ``on_hard`` once, which should shut the process down
   gracefully so that the platform restarts it, before the kernel's OOM killer does it mid-write.
 
+Before each check the guard hands the C heap's free pages back to the system
+(:func:`release_free_memory`, glibc's ``malloc_trim``): glibc keeps memory freed in the middle
+of its heaps resident, and a long-running process that allocates and frees all day (a web
+server) touches ever more of those pages, so its RSS creeps while the memory it uses stays flat
+(measured on the host: docs/host.md, "The host's RSS creep").
+
 What is measured is the *proportional set size* (PSS) of this process plus its worker processes:
 pages shared between them (the Go core's library, Python's own) count once, so the sum is what
 the processes cost the machine together. Where PSS cannot be read it falls back to RSS, which
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import gc
 import logging
 import math
@@ -45,10 +53,12 @@ __all__ = [
     "MemoryLimits",
     "MemorySnapshot",
     "ProcessMemory",
+    "c_heap_in_use",
     "derive_limits",
     "machine_memory",
     "parse_size",
     "process_memory",
+    "release_free_memory",
     "take_snapshot",
 ]
 
@@ -285,6 +295,65 @@ def process_memory(pid: int | None = None, *, pss: bool = True) -> ProcessMemory
         return None
 
 
+def release_free_memory() -> bool:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``: every arena,
+    the middle of each heap included); False where there is no such call (not glibc).
+
+    Measured: 0.4 ms in a 77 MiB process with a fragmented heap, 15 ms in a 400 MiB one; the
+    pages come back (zeroed, page-faulted) when malloc hands them out again."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def c_heap_in_use() -> int | None:
+    """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``: ``uordblks``
+    plus ``hblkhd``, every arena), or None where there is no such call (not glibc).
+
+    Unlike RSS it does not count what the allocator keeps resident after frees. It walks the
+    free lists: milliseconds on a fragmented heap."""
+    info = _mallinfo2()
+    if info is None:
+        return None
+    got = info()
+    return int(got.uordblks + got.hblkhd)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn: Callable[[], _MallInfo2] = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2  # type: ignore[attr-defined]
+    fn.argtypes = []  # type: ignore[attr-defined]
+    return fn
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]  # type: ignore[attr-defined]
+    trim.restype = ctypes.c_int  # type: ignore[attr-defined]
+    return trim
+
+
 def _fd_count() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -461,6 +530,8 @@ class MemoryGuardStats:
     check_interval: float
     log_interval: float
     limits: MemoryLimits
+    trims: int = 0
+    """Checks that returned the C heap's free pages first (0 where that is not available)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # limits as a dict too
@@ -476,6 +547,9 @@ class MemoryGuard:
       first time usage passes the hard limit (it should start a graceful shutdown).
     - ``hysteresis``: shedding ends below ``soft * (1 - hysteresis)``, so the guard does not
       flap around the limit.
+    - ``trim``: each check first returns the C heap's free pages to the system
+      (:func:`release_free_memory`), so what it measures, and what the machine pays, is the
+      memory in use rather than pages the allocator kept.
 
     Use :meth:`check` directly (tests, or a caller's own loop), or :meth:`start` / :meth:`close`
     for the background task.
@@ -493,6 +567,7 @@ class MemoryGuard:
         log_interval: float = 300.0,
         hysteresis: float = 0.05,
         collect_on_soft: bool = True,
+        trim: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if check_interval <= 0:
@@ -510,6 +585,8 @@ class MemoryGuard:
         self.log_interval = log_interval
         self.hysteresis = hysteresis
         self.collect_on_soft = collect_on_soft
+        self.trim = trim
+        self.trims = 0
         self._clock = clock
         self.level: GuardLevel = "ok"
         self.status: GuardStatus | None = None
@@ -531,7 +608,9 @@ class MemoryGuard:
         return self.level != "ok"
 
     def check(self) -> GuardStatus:
-        """Measure once and act on the result; cheap (a few ``/proc`` reads)."""
+        """Measure once and act on the result; cheap (a few ``/proc`` reads, and the trim)."""
+        if self.trim and release_free_memory():
+            self.trims += 1
         used = int(self.measure())
         self.checks += 1
         self.peak = max(self.peak, used)
@@ -625,6 +704,7 @@ class MemoryGuard:
             check_interval=self.check_interval,
             log_interval=self.log_interval,
             limits=self.limits,
+            trims=self.trims,
         )
 
     async def _run(self) -> None:
