@@ -15,7 +15,7 @@ Before each check the guard hands the C heap's free pages back to the system
 (:func:`release_free_memory`, glibc's ``malloc_trim``): glibc keeps memory freed in the middle
 of its heaps resident, and a long-running process that allocates and frees all day (a web
 server) touches ever more of those pages, so its RSS creeps while the memory it uses stays flat
-(measured on the host: docs/host.md, "The host's RSS creep").
+(measured on the host: docs/host.md, "The host's RSS fill").
 
 What is measured is the *proportional set size* (PSS) of this process plus its worker processes:
 pages shared between them (the Go core's library, Python's own) count once, so the sum is what
