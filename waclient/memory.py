@@ -331,27 +331,24 @@ class _MallInfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
-@functools.cache
 def _mallinfo2() -> Callable[[], _MallInfo2] | None:
-    try:
-        fn: Callable[[], _MallInfo2] = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2  # type: ignore[attr-defined]
-    fn.argtypes = []  # type: ignore[attr-defined]
-    return fn
+    return _libc_function("mallinfo2", (), _MallInfo2)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    return _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc_function(name: str, argtypes: tuple[Any, ...], restype: Any) -> Callable[..., Any] | None:
+    """glibc's ``name`` with its C signature, or None where the C library has no such call."""
     try:
-        libc = ctypes.CDLL(None)
-        trim: Callable[[int], int] = libc.malloc_trim
+        fn: Any = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes = [ctypes.c_size_t]  # type: ignore[attr-defined]
-    trim.restype = ctypes.c_int  # type: ignore[attr-defined]
-    return trim
+    fn.argtypes = list(argtypes)
+    fn.restype = restype
+    return fn  # type: ignore[no-any-return]
 
 
 def _fd_count() -> int:
