@@ -39,7 +39,7 @@ from waclient.events import (
     is_event_type,
 )
 from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
-from waclient.inbox import InboxBudget
+from waclient.inbox import Inbox
 from waclient.lifetime import Lifetime
 from waclient.messages import jid_to_str, message_kind, message_text, to_jid
 from waclient.transports import calls
@@ -227,8 +227,8 @@ class Client(WhatsApp, Lifetime):
         self._rng = rng or random.Random()
         self._lifetime = self.registry.scope("client")
         self._connection: Scope | None = None
-        self._budget = InboxBudget(inbox_size, inbox_bytes)
-        self._inbox: asyncio.Queue[tuple[int, object, int]] | None = None
+        self._inbox_bounds = (inbox_size, inbox_bytes)
+        self._inbox: Inbox[tuple[int, object]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._accepting: int | None = None
@@ -250,7 +250,7 @@ class Client(WhatsApp, Lifetime):
             raise RuntimeError("client already started")
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._inbox = asyncio.Queue()
+        self._inbox = Inbox(self._loop, *self._inbox_bounds)
         self._wake = asyncio.Event()
         self._pump = asyncio.create_task(self._pump_events(), name="waclient-pump")
         self._supervisor = asyncio.create_task(self._supervise(), name="waclient-supervisor")
@@ -349,6 +349,7 @@ class Client(WhatsApp, Lifetime):
 
     def statistics(self) -> ClientStats:
         """A snapshot of the lifecycle counters, for logs and health endpoints."""
+        inbox = self._inbox.statistics() if self._inbox is not None else None
         return ClientStats(
             state=self.state,
             generation=self.generation,
@@ -358,8 +359,8 @@ class Client(WhatsApp, Lifetime):
             handler_errors=self.registry.handler_errors,
             listeners=self.registry.count(),
             listeners_by_type=self.registry.counts(),
-            inbox=self._inbox.qsize() if self._inbox is not None else 0,
-            inbox_bytes=self._budget.statistics().bytes,
+            inbox=inbox.events if inbox is not None else 0,
+            inbox_bytes=inbox.bytes if inbox is not None else 0,
             last_error=self.last_error,
         )
 
@@ -416,7 +417,7 @@ class Client(WhatsApp, Lifetime):
     # -- events -----------------------------------------------------------------------------
 
     def _sink_for(self, generation: int) -> EventSink:
-        loop, inbox, budget = self._loop, self._inbox, self._budget
+        loop, inbox = self._loop, self._inbox
         assert loop is not None and inbox is not None
 
         def abandon() -> bool:
@@ -426,13 +427,8 @@ class Client(WhatsApp, Lifetime):
             if threading.get_ident() == self._loop_thread:
                 raise RuntimeError("transport events must come from the Go side's thread")
             size = len(event.SerializePartialToString())  # ByteSize() rejects partial proto2
-            if not budget.acquire(size, abandon):  # backpressure: the loop is behind
+            if not inbox.put((generation, event), size, abandon):  # waits while the loop is behind
                 self.stale_events += 1
-                return
-            try:
-                loop.call_soon_threadsafe(inbox.put_nowait, (generation, event, size))
-            except RuntimeError:  # the loop has closed
-                budget.release(size)
 
         return sink
 
@@ -440,8 +436,7 @@ class Client(WhatsApp, Lifetime):
         inbox = self._inbox
         assert inbox is not None
         while True:
-            generation, event, size = await inbox.get()
-            self._budget.release(size)
+            generation, event = await inbox.get()
             try:
                 await self._deliver(generation, event)
             except Exception:
