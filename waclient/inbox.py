@@ -56,8 +56,9 @@ class Inbox(Generic[T]):
         self._done = asyncio.Event()
 
     def put(self, item: T, size: int, abandon: Callable[[], bool]) -> bool:
-        """Wait for room for ``item`` of ``size`` bytes and queue it; False, with nothing
-        queued, when ``abandon()`` says to stop waiting (it is asked every 0.25 s)."""
+        """Wait for room for ``item`` of ``size`` bytes and queue it. False when ``abandon()``
+        says to stop waiting (asked every 0.25 s; nothing is queued), or when the loop has
+        closed (nobody will take the item)."""
         with self._cond:
             while self._items and (
                 len(self._items) >= self.max_events or self._bytes + size > self.max_bytes
