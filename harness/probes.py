@@ -9,20 +9,23 @@ rss         resident set size (``/proc/self/statm``, else psutil)  bytes        
 heap        C heap in use (glibc ``mallinfo2``; absent elsewhere)   bytes        noise, >= 32 B
 py_blocks   live pymalloc blocks (``sys.getallocatedblocks()``)    blocks       noise, >= 0.05
 gc_objects  objects tracked by the collector                       objects      noise, >= 0.05
-listeners   live handlers of the scenario's registries             handlers     any steady growth
-fds         open file descriptors (``/proc/self/fd``, else psutil)  fds          any steady growth
-threads     OS threads of the process (``/proc/self/stat``)        threads      any steady growth
-tasks       unfinished asyncio tasks of the soak's loop            tasks        any steady growth
+listeners   live handlers of the scenario's registries             handlers     noise, >= 0 [2]_
+fds         open file descriptors (``/proc/self/fd``, else psutil)  fds          noise, >= 0 [2]_
+threads     OS threads of the process (``/proc/self/stat``)        threads      noise, >= 0 [2]_
+tasks       unfinished asyncio tasks of the soak's loop            tasks        noise, >= 0 [2]_
 ==========  =====================================================  ===========  ====================
 
 .. [1] and more than :data:`RESOLUTIONS` ``["rss"]`` (120 KiB) over the measured cycles.
+.. [2] and a rise of at least 1 over the second half of the measured cycles.
 
 Thresholds are slopes in units per cycle; "noise, >= F" is derived from each run's own scatter
 (:func:`harness.analysis.analyze_channel`), never below the floor F. A channel leaks when its
 slope is confidently above the threshold over the measured cycles AND it still grows in their
-second half (see :mod:`harness.analysis`). "Any steady growth" is a threshold of 0 with
-``min_growth=1``: the count must keep rising, so a pool that adds one thread once is not a
-leak. Why these numbers is in docs/harness.md.
+second half (see :mod:`harness.analysis`). A count's floor is 0 and its ``min_growth`` 1: a
+count that never moves but by its leak (listeners, threads of most cycles) has no scatter, so
+any steady growth is a leak, while a pool that adds one thread once is not; a count that swings
+with the load (a server's open connections, a Redis pool refilled after each outage) must grow
+beyond its swing. Why these numbers is in docs/harness.md.
 
 The :class:`Sampler` stores samples in arrays allocated before the measured phase, so sampling
 leaves nothing behind for memray to report, and decides how often to sample from what a cycle
@@ -269,7 +272,7 @@ def listeners_probe(sources: Iterable[ListenerSource] = ()) -> Probe:
     def read() -> float:
         return float(sum(r() for r in readers))
 
-    return Probe("listeners", read, "handlers", 0.0, 1.0, "live handlers in the registries")
+    return Probe("listeners", read, "handlers", None, 1.0, "live handlers in the registries")
 
 
 def fds_probe() -> Probe:
@@ -288,7 +291,7 @@ def fds_probe() -> Probe:
         def read() -> float:
             return float(proc.num_fds())
 
-    return Probe("fds", read, "fds", 0.0, 1.0, "open file descriptors")
+    return Probe("fds", read, "fds", None, 1.0, "open file descriptors")
 
 
 def threads_probe() -> Probe:
@@ -308,7 +311,7 @@ def threads_probe() -> Probe:
             # Field 20 (num_threads), counted after the ")" that ends the command name.
             return float(raw[raw.rindex(b")") + 2 :].split()[17])
 
-    return Probe("threads", read, "threads", 0.0, 1.0, "OS threads")
+    return Probe("threads", read, "threads", None, 1.0, "OS threads")
 
 
 def tasks_probe() -> Probe:
@@ -320,7 +323,7 @@ def tasks_probe() -> Probe:
         except RuntimeError:  # no running loop: a sync run
             return 0.0
 
-    return Probe("tasks", read, "tasks", 0.0, 1.0, "unfinished asyncio tasks")
+    return Probe("tasks", read, "tasks", None, 1.0, "unfinished asyncio tasks")
 
 
 def default_probes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,16 +151,48 @@ def test_noise_alone_never_leaks(seed: int) -> None:
     assert not judge(100_000 + noise(seed, 200.0)).leaking
 
 
+def count(name: str, cycles: np.ndarray, values: np.ndarray) -> ChannelResult:
+    """A count channel judged as the built-in probes judge it: threshold from noise, floor 0,
+    a rise of at least 1 in the second half."""
+    unit = name.rsplit("_", 1)[-1]
+    return analyze_channel(name, unit, cycles, values, threshold=None, min_growth=1.0, floor=0.0)
+
+
 def test_a_count_that_steps_once_is_not_steady_growth() -> None:
     threads = np.where(X < 1600, 9.0, 10.0)  # a pool that grew one thread, late in the run
-    r = analyze_channel("threads", "threads", X, threads, threshold=0.0, min_growth=1.0)
-    assert not r.leaking
+    assert not count("threads", X, threads).leaking
 
 
 def test_a_count_that_keeps_rising_leaks_at_any_slope() -> None:
     tasks = 3.0 + np.floor((X - 200) / 10)  # one task every 10 cycles
-    r = analyze_channel("tasks", "tasks", X, tasks, threshold=0.0, min_growth=1.0)
+    r = count("tasks", X, tasks)
     assert r.leaking and abs(r.slope_per_cycle - 0.1) < 0.01
+    assert r.threshold < 0.001  # a count that moves only by its leak has no scatter
+
+
+def host_fds() -> tuple[np.ndarray, np.ndarray]:
+    """The host's open fds over a suite-length run of the host scenario (tests/data)."""
+    data = json.loads((Path(__file__).parent / "data" / "host_fds_suite_run.json").read_text())
+    return np.asarray(data["cycles"]), np.asarray(data["values"])
+
+
+def test_a_count_that_swings_with_the_load_must_grow_beyond_its_swing() -> None:
+    # Measured: the host's fds fall by about 12 at each Redis outage (every 100 cycles) and
+    # climb back as the load refills the pool; this run ended near a top. At a fixed threshold
+    # of 0 it read as a leak of 6.5 fds; its own scatter puts the threshold above its slope.
+    cycles, fds = host_fds()
+    fixed = analyze_channel("host_fds", "fds", cycles, fds, threshold=0.0, min_growth=1.0)
+    assert fixed.leaking and fixed.growth == pytest.approx(6.5)
+    r = count("host_fds", cycles, fds)
+    assert not r.leaking and r.threshold > r.slope_low > 0
+
+
+@pytest.mark.parametrize("every", [50, 20, 10])
+def test_a_count_leak_beyond_the_swing_is_caught(every: int) -> None:
+    cycles, fds = host_fds()
+    leaked = fds + np.floor((cycles - cycles[0]) / every)  # one fd kept every ``every`` cycles
+    r = count("host_fds", cycles, leaked)
+    assert r.leaking and r.slope_per_cycle >= 1 / every
 
 
 def test_a_constant_channel_is_flat() -> None:

@@ -235,7 +235,7 @@ class _Driver:
             memory = name in units
             out.append(Probe(
                 f"host_{name}", self._reader(name), units.get(name, name),
-                None if memory else 0.0, 0.0 if memory else 1.0,
+                None, 0.0 if memory else 1.0,
                 f"the host process's {name}", FLOORS.get(name, 0.0), RESOLUTIONS.get(name, 0.0),
             ))  # fmt: skip
         rss = FLOORS["rss"], RESOLUTIONS["rss"]
