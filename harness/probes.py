@@ -22,7 +22,7 @@ Thresholds are slopes in units per cycle; "noise, >= F" is derived from each run
 (:func:`harness.analysis.analyze_channel`), never below the floor F. A channel leaks when its
 slope is confidently above the threshold over the measured cycles AND it still grows in their
 second half (see :mod:`harness.analysis`). A count's floor is 0 and its ``min_growth`` 1: a
-count that never moves but by its leak (listeners, threads of most cycles) has no scatter, so
+count that moves only by its leak (listeners, threads in most scenarios) has no scatter, so
 any steady growth is a leak, while a pool that adds one thread once is not; a count that swings
 with the load (a server's open connections, a Redis pool refilled after each outage) must grow
 beyond its swing. Why these numbers is in docs/harness.md.
