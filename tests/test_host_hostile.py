@@ -27,6 +27,7 @@ from test_host_limits import HangingTransport, client_for, wait_until
 from test_host_process import KEY as PROCESS_KEY
 from test_host_process import answers, free_port, host_process, serving_env
 
+from harness.host_soak.load_process import read_to_eof
 from waclient.host import create_app
 from waclient.host.http_guard import guard_stats
 from waclient.host.limits import RateLimiter
@@ -226,14 +227,6 @@ def raw_exchange(port: int, data: bytes, *, source: str = "127.0.0.1") -> bytes:
         with contextlib.suppress(OSError):  # the server may refuse before reading it all
             sock.sendall(data)
         return read_to_eof(sock)
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(OSError):
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def status_of(answer: bytes) -> int:

@@ -204,7 +204,7 @@ def _big_header(port: int) -> int | None:
         sock.connect(("127.0.0.1", port))
         with contextlib.suppress(OSError):  # the server closes after its answer
             sock.sendall(HEAD + b"X-Huge: " + b"a" * BIG_HEADER_BYTES)
-        return _status(_read_to_eof(sock))
+        return _status(read_to_eof(sock))
 
 
 def _keep_slow(port: int, slow: list[socket.socket], tally: _Tally) -> None:
@@ -216,7 +216,7 @@ def _keep_slow(port: int, slow: list[socket.socket], tally: _Tally) -> None:
         readable, _, _ = select.select(slow, [], [], 0)
         for sock in readable:
             sock.settimeout(5)
-            tally.answered_hostile("slow_header", _status(_read_to_eof(sock)))
+            tally.answered_hostile("slow_header", _status(read_to_eof(sock)))
             slow.remove(sock)
             sock.close()
     while len(slow) < SLOW_CONNECTIONS:
@@ -228,7 +228,8 @@ def _keep_slow(port: int, slow: list[socket.socket], tally: _Tally) -> None:
         slow.append(sock)
 
 
-def _read_to_eof(sock: socket.socket) -> bytes:
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (or the socket times out)."""
     chunks = []
     with contextlib.suppress(OSError):
         while chunk := sock.recv(65536):
