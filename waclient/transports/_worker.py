@@ -1,8 +1,13 @@
 """The worker process of :class:`~waclient.transports.IsolatedTransport`.
 
-``python -m waclient.transports._worker FD SPEC``: reads requests from the parent over the
-socket ``FD`` and answers them; forwards the Go side's events as ``(code, protobuf bytes)``
-frames without decoding them. The Go side is the real neonize client
+``python -m waclient.transports._worker CONTROL EVENTS SPEC``: reads requests from the parent
+over the socket ``CONTROL`` and answers them there; forwards the Go side's events as
+``(code, protobuf bytes)`` frames over the socket ``EVENTS`` without decoding them, followed by
+the session's end. Replies never queue behind events: a Go callback that waits for room on the
+event socket (the parent's inbox and its disk budget full) holds up no reply, and the main
+thread, which reads requests and answers heartbeats, never waits for either.
+
+The Go side is the real neonize client
 (:class:`~waclient.transports.session.NeonizeSession`) or, with ``kind="simulated"``, a
 script whose calls :class:`~waclient.transports.simulated.SimulatedWhatsApp` answers.
 
@@ -40,24 +45,21 @@ from waclient.transports.base import TransportError
 
 def main(argv: list[str]) -> None:
     skip_unused_imports()  # before neonize imports httpx
-    fd, spec = int(argv[0]), WorkerSpec(**json.loads(argv[1]))
-    serve(Connection(fd), spec)
+    control, events, spec = int(argv[0]), int(argv[1]), WorkerSpec(**json.loads(argv[2]))
+    serve(Connection(control), Connection(events), spec)
 
 
-def serve(conn: Connection, spec: WorkerSpec) -> None:
+def serve(control_conn: Connection, events_conn: Connection, spec: WorkerSpec) -> None:
     """The worker's main thread: read requests until told to exit or the parent is gone."""
     _die_with_parent()
-    lock = threading.Lock()
-
-    def send_frame(frame: bytes) -> None:
-        with lock:
-            conn.send_bytes(frame)
+    control_send = _sender(control_conn)
+    event_send = _sender(events_conn)
 
     def control(*message: Any) -> None:
-        send_frame(control_frame(*message))
+        control_send(control_frame(*message))
 
     def emit(code: int, data: bytes) -> None:
-        send_frame(bytes((EVENT_FRAME,)) + CODE.pack(code) + data)
+        event_send(bytes((EVENT_FRAME,)) + CODE.pack(code) + data)
 
     go: GoSide = NeonizeGo(spec, emit, control) if spec.kind == "neonize" else SimulatedGo(emit)
 
@@ -65,27 +67,29 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
         try:
             go.run_blocking()
         except TransportError as exc:
-            control("ended", str(exc))
+            event_send(control_frame("ended", str(exc)))
         else:
-            control("ended", None)
+            event_send(control_frame("ended", None))
 
-    def reply(request_id: int, fn: Callable[[], Any]) -> None:
+    def reply(send: Callable[[bytes], None], request_id: int, fn: Callable[[], Any]) -> None:
         try:
             frame = control_frame("reply", request_id, True, calls.encode_value(fn()))
         except Exception as exc:
-            control("reply", request_id, False, _describe(exc))
-            return
+            frame = control_frame("reply", request_id, False, _describe(exc))
         if len(frame) > spec.max_frame + FRAME_OVERHEAD:
-            control("reply", request_id, False, (False, _too_large(len(frame), spec.max_frame)))
-            return
-        send_frame(frame)
+            failure = (False, _too_large(len(frame), spec.max_frame))
+            frame = control_frame("reply", request_id, False, failure)
+        send(frame)
 
     # The parent sends at most max_in_flight requests at once: a pool that size never queues.
     calls_pool = ThreadPoolExecutor(spec.max_in_flight, thread_name_prefix="worker-call")
+    # The simulated Go side's scripted events, one job after another, off the main thread;
+    # each job's reply follows its events on the event socket.
+    debug_jobs = ThreadPoolExecutor(1, thread_name_prefix="worker-debug")
     control("ready", os.getpid())
     while True:
         try:
-            message = pickle.loads(conn.recv_bytes(spec.max_frame + FRAME_OVERHEAD))
+            message = pickle.loads(control_conn.recv_bytes(spec.max_frame + FRAME_OVERHEAD))
         except (EOFError, OSError):
             break
         kind = message[0]
@@ -97,9 +101,10 @@ def serve(conn: Connection, spec: WorkerSpec) -> None:
             control("pong", message[1])
         elif kind == "call":
             _, request_id, wire = message
-            calls_pool.submit(reply, request_id, functools.partial(go.call, wire))
+            calls_pool.submit(reply, control_send, request_id, functools.partial(go.call, wire))
         elif kind in ("emit", "disconnect"):
-            reply(message[1], functools.partial(go.debug, kind, *message[2:]))
+            job = functools.partial(go.debug, kind, *message[2:])
+            debug_jobs.submit(reply, event_send, message[1], job)
         elif kind == "exit":
             break
     go.stop()
@@ -186,6 +191,17 @@ class SimulatedGo(GoSide):
             data = DisconnectedEv(status=True).SerializePartialToString()
             self.emit(event_code(DisconnectedEv), data)
             self.ended.set()
+
+
+def _sender(conn: Connection) -> Callable[[bytes], None]:
+    """Send whole frames on ``conn`` from any thread, one at a time."""
+    lock = threading.Lock()
+
+    def send(frame: bytes) -> None:
+        with lock:
+            conn.send_bytes(frame)
+
+    return send
 
 
 def _describe(exc: Exception) -> tuple[bool, str]:

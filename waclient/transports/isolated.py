@@ -3,21 +3,27 @@
 Every failed neonize connect retains native memory in the Go core that no Python code can free
 (docs/facts.md); only ending the process gives it back. So the WhatsApp session runs in a worker
 process (:mod:`waclient.transports._worker`): the Go side's events travel to this process as
-``(event code, protobuf bytes)`` over a pipe and are decoded here with the same neonize types;
-every call is a request to the worker, its arguments and result in the wire form of
-:mod:`waclient.transports.calls`. Between connection attempts the worker is recycled (asked to
-exit, then a new one started) when one more attempt could take its RSS past ``rss_budget``, when
-it holds ``max_worker_fds`` descriptors, or after ``recycle_after_failures`` failed attempts; the
-session database on disk survives, so a paired session stays paired.
+``(event code, protobuf bytes)`` and are decoded here with the same neonize types; every call is
+a request to the worker, its arguments and result in the wire form of
+:mod:`waclient.transports.calls`. Two socket pairs join the processes: the *event* socket
+carries the session's events and its end, in order; the *control* socket carries requests,
+their replies, heartbeats and QR codes. A reply never waits behind events: a handler that
+calls back into the client gets its answer whatever the events do, even while a burst has
+filled the client's inbox (docs/design.md, "Flow control").
+
+Between connection attempts the worker is recycled (asked to exit, then a new one started) when
+one more attempt could take its RSS past ``rss_budget``, when it holds ``max_worker_fds``
+descriptors, or after ``recycle_after_failures`` failed attempts; the session database on disk
+survives, so a paired session stays paired.
 
 Bounded in bytes, not only in count: a request or reply larger than ``max_frame`` (64 MiB by
 default) is refused before anything is sent (:class:`~waclient.transports.PayloadTooLarge`); at
 most ``max_in_flight`` requests are in flight (the next caller waits: backpressure).
 
-A worker that dies is noticed by the pipe closing; one that hangs, by missed heartbeats (it is
+A worker that dies is noticed by its sockets closing; one that hangs, by missed heartbeats (it is
 then killed). Requests in flight fail with :class:`~waclient.transports.TransportError`, never
 hang; the next session runs in a new worker. The worker dies with this process
-(``PR_SET_PDEATHSIG`` and the pipe's end).
+(``PR_SET_PDEATHSIG`` and its sockets' end).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -212,6 +218,11 @@ class IsolatedTransport:
     # -- observability ----------------------------------------------------------------------
 
     @property
+    def database(self) -> str:
+        """The session database's path (the client's overflow queue lives beside it)."""
+        return self.spec.database
+
+    @property
     def worker_pid(self) -> int | None:
         worker = self._worker
         return worker.pid if worker is not None and worker.alive else None
@@ -321,7 +332,7 @@ class IsolatedTransport:
             if not worker.alive:
                 return
             silent = time.monotonic() - worker.last_seen
-            if silent > self.heartbeat_timeout and not worker.delivering:
+            if silent > self.heartbeat_timeout:
                 self.hangs += 1
                 log.error("worker %s silent for %.1fs: killing it", worker.pid, silent)
                 worker.hung = True
@@ -390,6 +401,8 @@ class IsolatedTransport:
             self.latest_qr = message[1]
 
     def _on_exit(self, worker: _Worker) -> None:
+        """The control socket has closed: the worker is gone. Requests in flight fail now; the
+        session ends once the event reader has delivered what the worker sent before."""
         worker.alive = False
         if not worker.ready.done():
             worker.ready.set_exception(TransportError("the worker process exited while starting"))
@@ -401,20 +414,26 @@ class IsolatedTransport:
             self.crashes += 1
             reason = "the worker process died"
         log.error("%s (pid %s)", reason, worker.pid)
-        if worker is self._worker:
+        current = worker is self._worker
+        if current:
             self._worker = None
-            if self._ended is not None and not self._ended.done():
-                self._ended.set_result(reason)
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(TransportError(reason))
-        # Reap it now: no zombie waits for the next attempt.
-        task = asyncio.ensure_future(worker.retire(0))
+        # Reap it now (no zombie waits for the next attempt), then end its session.
+        task = asyncio.ensure_future(self._reap(worker, reason if current else None))
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
+    async def _reap(self, worker: _Worker, reason: str | None) -> None:
+        await worker.retire(0)
+        ended = self._ended
+        if reason is not None and ended is not None and not ended.done():
+            ended.set_result(reason)
+
     def _deliver(self, code: int, data: bytes) -> None:
-        """On the reader thread: decode with neonize's types and hand to the sink."""
+        """On the event reader thread: decode with neonize's types and hand to the sink (which
+        waits only while the client's memory and disk budgets are both full)."""
         sink = self._sink
         if sink is None:
             self.late_events += 1
@@ -423,7 +442,7 @@ class IsolatedTransport:
 
 
 class _Worker:
-    """One worker process, its pipe and the thread that reads it."""
+    """One worker process, its two sockets and the two threads that read them."""
 
     def __init__(
         self,
@@ -438,12 +457,15 @@ class _Worker:
         self.alive = False
         self.retiring = False
         self.hung = False
-        self.delivering = False
         self.last_seen = time.monotonic()
         self.heartbeat: asyncio.Future[None] | None = None
-        self.conn: Connection | None = None
+        self.control: Connection | None = None
+        self.events: Connection | None = None
         self._send_lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, name="waclient-worker-reader")
+        self._readers = (
+            threading.Thread(target=self._read_control, name="waclient-worker-control"),
+            threading.Thread(target=self._read_events, name="waclient-worker-events"),
+        )
         self._psutil: psutil.Process | None = None
 
     @property
@@ -451,33 +473,39 @@ class _Worker:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        """Start ``python -m waclient.transports._worker`` with one end of a socket pair.
+        """Start ``python -m waclient.transports._worker CONTROL EVENTS SPEC`` with one end of
+        each socket pair.
 
         A plain subprocess, not multiprocessing's spawn: the worker must not re-import the
         application's ``__main__`` module.
         """
-        ours, theirs = socket.socketpair()
-        with theirs:
+        control, control_theirs = socket.socketpair()
+        events, events_theirs = socket.socketpair()
+        with control_theirs, events_theirs:
+            fds = (control_theirs.fileno(), events_theirs.fileno())
             self.process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "waclient.transports._worker",
-                    str(theirs.fileno()),
+                    *map(str, fds),
                     json.dumps(asdict(self.owner.spec)),
                 ],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
             )
-        self.conn = Connection(ours.detach())
+        self.control = Connection(control.detach())
+        self.events = Connection(events.detach())
         self.alive = True
-        self._reader.start()
+        for reader in self._readers:
+            reader.start()
 
     def send(self, message: tuple[Any, ...]) -> None:
         self.send_frame(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
     def send_frame(self, frame: bytes) -> None:
-        conn = self.conn
+        """A request, on the control socket."""
+        conn = self.control
         if not self.alive or conn is None:
             raise TransportError("the worker process is not running")
         try:
@@ -524,36 +552,50 @@ class _Worker:
                 await asyncio.to_thread(process.wait, timeout)
             self.kill()
             await asyncio.to_thread(process.wait)
-        if self._reader.is_alive():
-            await asyncio.to_thread(self._reader.join)
+        for reader in self._readers:
+            if reader.is_alive():
+                await asyncio.to_thread(reader.join)
         self.alive = False
-        if self.conn is not None:
-            self.conn.close()
+        for conn in (self.control, self.events):
+            if conn is not None:
+                conn.close()
 
-    def _read(self) -> None:
-        owner, loop, conn = self.owner, self.loop, self.conn
-        assert conn is not None
-        while True:
-            try:
-                frame = conn.recv_bytes(owner.max_frame + FRAME_OVERHEAD)
-            except (EOFError, OSError):
-                break
+    # -- the reader threads ---------------------------------------------------------------
+
+    def _read_control(self) -> None:
+        """Replies, heartbeats, QR codes: handed to the loop at once, never behind an event."""
+        for frame in self._frames(self.control):
             self.last_seen = time.monotonic()
+            self._to_loop(self.owner._on_control, self, pickle.loads(frame[1:]))
+        self._to_loop(self.owner._on_exit, self)
+
+    def _read_events(self) -> None:
+        """The session's events, in order, into the sink; then the session's end (and the
+        replies to the simulated worker's emit, which follow the events they emitted)."""
+        owner = self.owner
+        for frame in self._frames(self.events):
             if frame[0] == EVENT_FRAME:
                 (code,) = CODE.unpack_from(frame, 1)
-                self.delivering = True
                 try:
                     owner._deliver(code, frame[1 + CODE.size :])
                 except Exception:
                     log.exception("could not deliver an event from the worker")
-                finally:
-                    self.delivering = False
             else:
-                message = pickle.loads(frame[1:])
-                with contextlib.suppress(RuntimeError):  # the loop has closed
-                    loop.call_soon_threadsafe(owner._on_control, self, message)
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(owner._on_exit, self)
+                self._to_loop(owner._on_control, self, pickle.loads(frame[1:]))
+
+    def _frames(self, conn: Connection | None) -> Iterator[bytes]:
+        """The frames read from ``conn`` until the worker's end of it closes."""
+        assert conn is not None
+        limit = self.owner.max_frame + FRAME_OVERHEAD
+        while True:
+            try:
+                yield conn.recv_bytes(limit)
+            except (EOFError, OSError):
+                return
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            self.loop.call_soon_threadsafe(callback, *args)
 
 
 def _request_name(kind: str, payload: tuple[Any, ...]) -> str:
