@@ -21,7 +21,7 @@ CHAT = "15550000001@s.whatsapp.net"
 IMAGE = os.urandom(2**20)
 CALLS = 20
 report_ratio("send_image 1 MiB: isolated / in-process", "image-isolated", "image-in-process", 2.0)
-report_ratio("send_text round trip: isolated / in-process", "text-isolated", "text-in-process", 3.0)
+report_ratio("send_text round trip: isolated / in-process", "text-isolated", "text-in-process", 2.0)
 
 
 @pytest.fixture

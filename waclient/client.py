@@ -154,6 +154,8 @@ class ClientStats:
     """Go threads waiting now because memory and the disk budget are full."""
     producer_waits: int
     """Times a Go thread had to wait for room (memory and disk full)."""
+    dropped_at_close: int
+    """Events still waiting when ``close()`` stopped dispatching (``close_timeout``)."""
     tasks: int
     """Tasks of the client still running (the event pump, the supervisor, a grace timer)."""
     last_error: str | None
@@ -214,7 +216,8 @@ class Client(WhatsApp, Lifetime):
     and in bytes; past them a burst overflows to disk, up to ``overflow_bytes`` (0: no disk; the
     Go side then waits while memory is full), in ``overflow_dir`` (default: next to the
     transport's session database, else a temporary directory). ``max_media_bytes`` bounds the
-    media a send or download may hold in memory.
+    media a send or download may hold in memory. ``close_timeout`` bounds how long
+    :meth:`close` goes on dispatching the events already received.
 
     ``close()`` works from anywhere (see :meth:`close`); a closed client is not reopened.
     """
@@ -233,6 +236,7 @@ class Client(WhatsApp, Lifetime):
         overflow_bytes: int = 256 * 2**20,
         overflow_dir: str | Path | None = None,
         max_media_bytes: int = 64 * 2**20,
+        close_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         if max_failures < 1:
@@ -241,6 +245,8 @@ class Client(WhatsApp, Lifetime):
             raise ValueError("inbox_size and inbox_bytes must be >= 1")
         if overflow_bytes < 0:
             raise ValueError("overflow_bytes must be >= 0 (0: no disk overflow)")
+        if close_timeout < 0:
+            raise ValueError("close_timeout must be >= 0")
         self.transport = transport
         self.backoff = backoff or Backoff()
         self.max_failures = max_failures
@@ -259,6 +265,9 @@ class Client(WhatsApp, Lifetime):
         self.last_error: str | None = None
         self.max_media_bytes = max_media_bytes
         self.overflow_bytes = overflow_bytes
+        self.close_timeout = close_timeout
+        self.dropped_at_close = 0
+        """Events still waiting when :meth:`close` gave up dispatching them (``close_timeout``)."""
         self._overflow_dir = Path(overflow_dir) if overflow_dir is not None else None
         self._own_overflow_dir: Path | None = None
         self._rng = rng or random.Random()
@@ -266,6 +275,7 @@ class Client(WhatsApp, Lifetime):
         self._connection: Scope | None = None
         self._inbox_bounds = (inbox_size, inbox_bytes)
         self._inbox: Inbox[tuple[int, object]] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._accepting: int | None = None
@@ -285,7 +295,9 @@ class Client(WhatsApp, Lifetime):
         """Stop the session, the supervisor and the pump; remove every handler; stop the
         transport (for :class:`~waclient.transports.IsolatedTransport`, its worker process).
 
-        Events already received are dispatched first. Idempotent, and safe from anywhere:
+        Events already received are dispatched first, for up to ``close_timeout`` seconds; then
+        the handler still running is cancelled and what still waits is dropped (counted in
+        :attr:`dropped_at_close`, logged). Idempotent, and safe from anywhere:
         concurrent closes share one teardown; a close that is cancelled (a timeout) finishes the
         teardown before the cancellation goes on. Called from a handler (the pump runs it),
         ``close()`` begins the teardown and returns at once, before the teardown, which then
@@ -380,6 +392,7 @@ class Client(WhatsApp, Lifetime):
             overflowed=inbox.overflowed if inbox is not None else 0,
             producers_waiting=inbox.producers_waiting if inbox is not None else 0,
             producer_waits=inbox.producer_waits if inbox is not None else 0,
+            dropped_at_close=self.dropped_at_close,
             tasks=self.tasks(),
             last_error=self.last_error,
         )
@@ -396,7 +409,7 @@ class Client(WhatsApp, Lifetime):
             decode=_from_disk if self.overflow_bytes else None,
         )
         self.spawn(self._pump_events(), name="waclient-pump")
-        self.spawn(self._supervise(), name="waclient-supervisor")
+        self._supervisor = self.spawn(self._supervise(), name="waclient-supervisor")
 
     async def _close(self) -> None:
         """Stop the session (no more events), let the supervisor dispatch what was received
@@ -404,7 +417,7 @@ class Client(WhatsApp, Lifetime):
         self._cancel_grace()
         try:
             await self.transport.stop()
-            await self._tasks_named("waclient-supervisor")
+            await self._supervisor_dispatched()
         finally:
             self._close_connection()
             self._lifetime.close()
@@ -533,11 +546,22 @@ class Client(WhatsApp, Lifetime):
             directory = self._own_overflow_dir = Path(tempfile.mkdtemp(prefix="waclient-inbox-"))
         return DiskQueue(directory, self.overflow_bytes)
 
-    async def _tasks_named(self, name: str) -> None:
-        """Wait for this client's task called ``name`` (unless it is the one waiting)."""
-        current = asyncio.current_task()
-        tasks = [t for t in self._lt_tasks if t.get_name() == name and t is not current]
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _supervisor_dispatched(self) -> None:
+        """Wait, up to ``close_timeout``, for the supervisor to dispatch what the ended session
+        queued and end (unless the supervisor is the one closing)."""
+        supervisor = self._supervisor
+        if supervisor is None or supervisor is asyncio.current_task():
+            return
+        done, _ = await asyncio.wait({supervisor}, timeout=self.close_timeout)
+        if not done and self._inbox is not None:
+            stats = self._inbox.statistics()
+            self.dropped_at_close = stats.events + stats.disk_events
+            log.warning(
+                "close: the handlers did not finish within %gs; cancelling them and dropping "
+                "%d events not dispatched yet",
+                self.close_timeout,
+                self.dropped_at_close,
+            )
 
     def _arm_grace(self, generation: int) -> None:
         assert self._loop is not None

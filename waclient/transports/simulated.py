@@ -18,6 +18,7 @@ missing: connects succeed or fail as the script says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -274,11 +275,11 @@ class JobThread:
 
         def run() -> None:
             try:
-                result = job()
+                outcome: tuple[BaseException | None, Any] = (None, job())
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, done, exc, None)
-            else:
-                loop.call_soon_threadsafe(_settle, done, None, result)
+                outcome = (exc, None)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, done, *outcome)
 
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
