@@ -199,6 +199,16 @@ def test_host_routes_read_the_statistics(api: httpx.Client, isolated_host: Runni
     assert metrics["waclient_client_state"] == 1
     assert metrics["waclient_worker_recycles_total"] == stats.worker.recycles
     assert metrics["waclient_memory_soft_limit_bytes"] == stats.guard.limits.soft
+    # The inbox's flow control, as the client counts it.
+    client = host.statistics().client
+    assert (
+        metrics["waclient_inbox_disk_events"]
+        == client.inbox_disk
+        == session["inbox"]["disk_events"]
+    )
+    assert metrics["waclient_inbox_producers_waiting"] == client.producers_waiting == 0
+    assert metrics["waclient_inbox_overflowed_total"] == client.overflowed
+    assert metrics["waclient_inbox_producer_waits_total"] == client.producer_waits
 
 
 async def _never_sent(chat: str, text: str) -> Any:  # pragma: no cover - no job is due

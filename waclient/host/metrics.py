@@ -200,6 +200,7 @@ def _client(client: ClientStats | None, worker: WorkerStats | None) -> Iterator[
             "Handlers that raised.",
             value=client.handler_errors,
         )
+        yield from _inbox(client)
     if worker is not None:
         yield CounterMetricFamily(
             "waclient_worker_recycles", "Worker recycles.", value=worker.recycles
@@ -207,6 +208,40 @@ def _client(client: ClientStats | None, worker: WorkerStats | None) -> Iterator[
         yield CounterMetricFamily(
             "waclient_worker_crashes", "Worker crashes.", value=worker.crashes
         )
+
+
+_INBOX_GAUGES = (
+    ("inbox", "waclient_inbox_events", "Events waiting in memory to be dispatched."),
+    ("inbox_bytes", "waclient_inbox_bytes", "Bytes of the events waiting in memory."),
+    ("inbox_disk", "waclient_inbox_disk_events", "Events of a burst waiting on disk."),
+    ("inbox_disk_bytes", "waclient_inbox_disk_bytes", "Bytes the inbox's disk queue takes."),
+    (
+        "producers_waiting",
+        "waclient_inbox_producers_waiting",
+        "Go threads waiting now for room (memory and the disk budget full).",
+    ),
+)
+_INBOX_COUNTERS = (
+    ("overflowed", "waclient_inbox_overflowed", "Events ever written to the disk queue."),
+    (
+        "producer_waits",
+        "waclient_inbox_producer_waits",
+        "Times a Go thread had to wait for room (memory and the disk budget full).",
+    ),
+    (
+        "dropped_at_close",
+        "waclient_inbox_dropped_at_close",
+        "Events not dispatched when close() gave up waiting for the handlers.",
+    ),
+)
+
+
+def _inbox(client: ClientStats) -> Iterator[Metric]:
+    """The flow control of the client's inbox (docs/design.md, "Flow control")."""
+    for field, name, text in _INBOX_GAUGES:
+        yield GaugeMetricFamily(name, text, value=getattr(client, field))
+    for field, name, text in _INBOX_COUNTERS:
+        yield CounterMetricFamily(name, text, value=getattr(client, field))
 
 
 _RECORDER_COUNTS = (

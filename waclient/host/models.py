@@ -369,6 +369,21 @@ class Readiness(BaseModel):
     redis: dict[str, Any]
 
 
+class InboxBody(BaseModel):
+    """The client's inbox: events waiting in memory and on disk, and its flow control."""
+
+    events: int
+    bytes: int
+    disk_events: int
+    disk_bytes: int
+    overflowed: int
+    """Events ever written to disk (a burst larger than the memory inbox)."""
+    producers_waiting: int
+    """Go threads waiting now for room (memory and the disk budget full)."""
+    producer_waits: int
+    dropped_at_close: int
+
+
 class SessionBody(BaseModel):
     state: str
     connected: bool
@@ -380,6 +395,7 @@ class SessionBody(BaseModel):
     failures_in_a_row: int
     last_error: str | None
     worker: dict[str, Any] | None
+    inbox: InboxBody | None = None
     healing: dict[str, Any] | None = None
     """Self-healing: restarts in the last hour, the next restart time, gave_up, advice."""
 

@@ -9,12 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from waclient.client import ClientStats
 from waclient.transports import Pairing, TransportError
 
 from ..config import Settings
 from ..deps import HostDep, KeyDep
 from ..errors import ApiError, error_responses
-from ..models import PairCodeBody, PairCodeRequest, QrBody, SessionBody
+from ..models import InboxBody, PairCodeBody, PairCodeRequest, QrBody, SessionBody
 
 __all__ = ["router"]
 
@@ -72,6 +73,7 @@ def router(settings: Settings) -> APIRouter:
             "failures_in_a_row": client.failures_in_a_row if client is not None else 0,
             "last_error": client.last_error if client is not None else None,
             "worker": stats.worker.to_dict() if stats.worker is not None else None,
+            "inbox": _inbox(client) if client is not None else None,
             "healing": stats.healing.to_dict() if stats.healing is not None else None,
         }
 
@@ -139,3 +141,16 @@ def router(settings: Settings) -> APIRouter:
         return {"code": code}
 
     return r
+
+
+def _inbox(client: ClientStats) -> InboxBody:
+    return InboxBody(
+        events=client.inbox,
+        bytes=client.inbox_bytes,
+        disk_events=client.inbox_disk,
+        disk_bytes=client.inbox_disk_bytes,
+        overflowed=client.overflowed,
+        producers_waiting=client.producers_waiting,
+        producer_waits=client.producer_waits,
+        dropped_at_close=client.dropped_at_close,
+    )
