@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bursts import time_bursts
 from conftest import record_median, report_ratio
 
-from waclient import Backoff, Client, ClientState
+from waclient import Backoff, Client
 from waclient.events import MessageEv
 from waclient.transports.isolated import IsolatedTransport
 from waclient.transports.simulated import SimulatedTransport, message_event
@@ -62,20 +63,7 @@ def test_burst(
 
     client.on(MessageEv, reply if handler == "reply" else count)
 
-    async def start() -> None:
-        await client.start()
-        await client.wait_for(ClientState.CONNECTED, timeout=60)
-
-    async def burst() -> None:
-        await emit()
-        await client.idle()
-
-    loop.run_until_complete(start())
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(burst()), rounds=5, warmup_rounds=1)
-    finally:
-        loop.run_until_complete(client.close())
-    assert answered[0] == BURST * 6
-    median = benchmark.stats.stats.median
+    median = time_bursts(benchmark, loop, client, emit, rounds=5)
+    assert answered[0] == BURST * 7
     benchmark.extra_info["messages_per_second"] = BURST / median
     record_median(f"{handler}-{path}", median)

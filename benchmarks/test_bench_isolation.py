@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bursts import time_bursts
 from conftest import record_median, report_ratio
 
-from waclient import Backoff, Client, ClientState
+from waclient import Backoff, Client
 from waclient.events import MessageEv
 from waclient.transports.isolated import IsolatedTransport
 from waclient.transports.simulated import SimulatedTransport, message_event
@@ -47,21 +48,8 @@ def test_event_throughput(
     received = [0]
     client.on(MessageEv, lambda ev: received.__setitem__(0, received[0] + 1))
 
-    async def start() -> None:
-        await client.start()
-        await client.wait_for(ClientState.CONNECTED, timeout=60)
-
-    async def burst() -> None:
-        await emit()
-        await client.idle()
-
-    loop.run_until_complete(start())
-    try:
-        benchmark.pedantic(lambda: loop.run_until_complete(burst()), rounds=15, warmup_rounds=2)
-    finally:
-        loop.run_until_complete(client.close())
+    median = time_bursts(benchmark, loop, client, emit, rounds=15)
     assert received[0] == EVENTS * 17
-    median = benchmark.stats.stats.median
     benchmark.extra_info["events_per_second"] = EVENTS / median
     # Record seconds per event inverted, so the ratio reads as isolated/in-process throughput.
     record_median(path, median)
