@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 
 from waclient.events import MessageEv
 from waclient.handlers import Subscription
-from waclient.lifetime import Lifetime
+from waclient.lifetime import Lifetime, LifetimeError
 from waclient.messages import jid_to_str, message_text
 from waclient.redis import RedisHealth
 from waclient.spool import Spool
@@ -99,8 +99,9 @@ return {written, dupes}
 _FIELD_NAMES = ("id", "chat", "sender", "text", "ts", "dir")
 
 
-class RecorderClosedError(RuntimeError):
-    """The recorder was closed; it takes no more records."""
+class RecorderClosedError(LifetimeError):
+    """The recorder was closed; it takes no more records (a :class:`LifetimeError`, as a
+    ``start()`` after ``close()`` raises)."""
 
 
 def _direction(value: object) -> Direction:
