@@ -50,24 +50,3 @@ def killable_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own (fresh data dir), free to kill and restart."""
     with RedisServer() as server:
         yield server
-
-
-CLOSE_BOUND = 60.0
-"""Seconds a Client.close() may take in a test before it fails (a hang, not a slow machine)."""
-
-
-@pytest.fixture(autouse=True)
-def _bounded_client_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test that closes a client bounds the close: a close that hangs fails the test
-    with TimeoutError instead of waiting for the suite's timeout."""
-    import asyncio
-
-    from waclient import Client
-
-    close = Client.close
-
-    async def bounded(self: Client) -> None:
-        async with asyncio.timeout(CLOSE_BOUND):
-            await close(self)
-
-    monkeypatch.setattr(Client, "close", bounded)

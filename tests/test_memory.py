@@ -14,6 +14,7 @@ import pytest
 
 from waclient import HandlerRegistry
 from waclient.events import MessageEv
+from waclient.lifetime import LifetimeError
 from waclient.memory import (
     GuardStatus,
     MachineMemory,
@@ -375,9 +376,10 @@ async def test_guard_task_checks_until_closed() -> None:
     await asyncio.wait_for(reached.wait(), 30)
     await guard.close()
     await guard.close()
-    checks = guard.checks
-    await asyncio.sleep(0.05)
-    assert guard.checks == checks  # the task is gone
+    assert guard.tasks() == 0  # the task is gone
+    with pytest.raises(LifetimeError, match="cannot be reopened"):
+        await guard.start()  # never restarted once closed
+    assert guard.tasks() == 0
     assert seen[0].level == "soft"
     stats = guard.statistics()
     assert stats.level == "soft" and stats.limits.soft == 100

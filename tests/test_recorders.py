@@ -449,7 +449,7 @@ async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
     recorder = InboundRecorder(redis, retry_initial=0.01, retry_max=0.1, probe_timeout=0.3)
     steps: list[float | str] = []
     eighth_probe = asyncio.Event()
-    check, sleep = recorder.health.check, recorder._sleep_or_stop
+    check, sleep = recorder.health.check, recorder.sleep
 
     async def logged_sleep(delay: float) -> bool:
         steps.append(delay)
@@ -461,7 +461,7 @@ async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
             eighth_probe.set()
         return await check()
 
-    recorder._sleep_or_stop = logged_sleep  # type: ignore[method-assign]
+    recorder.sleep = logged_sleep  # type: ignore[method-assign]
     recorder.health.check = logged_check  # type: ignore[method-assign]
     killable_redis.kill()
     await recorder.record(rec(1))

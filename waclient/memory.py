@@ -44,6 +44,8 @@ from typing import Any, Literal, Protocol
 
 import psutil
 
+from waclient.lifetime import Lifetime
+
 __all__ = [
     "GuardLevel",
     "GuardStatus",
@@ -534,7 +536,7 @@ class MemoryGuardStats:
         return asdict(self)  # limits as a dict too
 
 
-class MemoryGuard:
+class MemoryGuard(Lifetime):
     """Watches memory every ``check_interval`` seconds and logs a snapshot every
     ``log_interval`` seconds (0 turns the periodic line off).
 
@@ -596,8 +598,6 @@ class MemoryGuard:
         self.log_lines = 0
         self.last_snapshot: MemorySnapshot | None = None
         self._next_log: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
 
     @property
     def shedding(self) -> bool:
@@ -673,21 +673,12 @@ class MemoryGuard:
                 self.log_now()
         return status
 
-    async def start(self) -> None:
-        """Run :meth:`tick` every ``check_interval`` seconds in a task; idempotent."""
-        if self._task is not None:
-            return
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="waclient-memory-guard")
+    idempotent_start = True
+    """``start()`` runs :meth:`tick` every ``check_interval`` seconds in a task, once;
+    ``close()`` stops it."""
 
-    async def close(self) -> None:
-        """Stop the task. Idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        assert self._stop is not None
-        self._stop.set()
-        await asyncio.gather(task, return_exceptions=True)
+    async def _open(self) -> None:
+        self.spawn(self._run(), name="waclient-memory-guard")
 
     def statistics(self) -> MemoryGuardStats:
         return MemoryGuardStats(
@@ -705,15 +696,13 @@ class MemoryGuard:
         )
 
     async def _run(self) -> None:
-        stop = self._stop
-        assert stop is not None
-        while not stop.is_set():
+        while True:
             try:
                 self.tick()
             except Exception:
                 log.exception("memory guard check failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.check_interval)
+            if not await self.sleep(self.check_interval):
+                return
 
     @staticmethod
     def _call(fn: Callable[[GuardStatus], None], status: GuardStatus) -> None:

@@ -41,16 +41,16 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from waclient.events import MessageEv
 from waclient.handlers import Subscription
-from waclient.lifetime import Lifetime
+from waclient.lifetime import Lifetime, LifetimeError
 from waclient.messages import jid_to_str, message_text
 from waclient.redis import RedisHealth
 from waclient.spool import Spool
@@ -73,7 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Direction = Literal["in", "out"]
 
 # KEYS[1] = stream, KEYS[2..n+1] = one dedupe key per record.
@@ -100,8 +99,9 @@ return {written, dupes}
 _FIELD_NAMES = ("id", "chat", "sender", "text", "ts", "dir")
 
 
-class RecorderClosedError(RuntimeError):
-    """The recorder was closed; it takes no more records."""
+class RecorderClosedError(LifetimeError):
+    """The recorder was closed; it takes no more records (a :class:`LifetimeError`, as a
+    ``start()`` after ``close()`` raises)."""
 
 
 def _direction(value: object) -> Direction:
@@ -323,42 +323,39 @@ class Recorder(Lifetime):
         """``spooled_total`` and ``dropped`` when the current outage began."""
         self._last_error: str | None = None
         self._refusal_logged = False
-        # machinery (made in start(), on the running loop)
-        self._started = False
-        self._closing = False
-        self._closed = False
+        # machinery (the tasks are spawned by start())
         self._tasks: list[asyncio.Task[None]] = []
+        """The writer and the spiller, once started."""
+        self._writing: asyncio.Task[tuple[int, int] | BaseException] | None = None
+        """The write in flight (a task of its own, so that a close can abandon it)."""
+        self._stopping = False
+        """Set by close() once it has flushed what it could: the writer and spiller end."""
+        self._close_timeout = 5.0
         self._work = asyncio.Event()
         self._space = asyncio.Event()
         self._progress = asyncio.Event()
         self._spill_wanted = asyncio.Event()
         self._force_spill = False
         self._spool_lock = asyncio.Lock()
-        self._stop: asyncio.Future[None] | None = None
-        self._closed_event = asyncio.Event()
 
     # -- public API -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the writer (and spill) tasks; idempotent. ``record()`` calls it too."""
-        if self._started:
-            return
-        if self._closing:
-            raise RecorderClosedError("recorder is closed")
-        self._started = True
-        self._stop = asyncio.get_running_loop().create_future()
+    idempotent_start = True
+    """``start()`` starts the writer (and spill) tasks once; ``record()`` calls it too."""
+
+    async def _open(self) -> None:
         name = f"waclient-recorder-{self.direction}"
         self._tasks = [
-            asyncio.create_task(self._writer(), name=f"{name}-writer"),
-            asyncio.create_task(self._spiller(), name=f"{name}-spiller"),
+            self.spawn(self._writer(), name=f"{name}-writer"),
+            self.spawn(self._spiller(), name=f"{name}-spiller"),
         ]
         self._work.set()  # a spool left by an earlier process drains first
 
     async def record(self, rec: MessageRecord) -> None:
         """Take a record. Waits only while the memory buffer is full."""
-        if self._closing:
+        if self.closing:
             raise RecorderClosedError("recorder is closed")
-        if not self._started:
+        if not self.is_open:
             await self.start()
         while len(self._mem) >= self.max_buffer:
             self._space.clear()
@@ -370,7 +367,7 @@ class Recorder(Lifetime):
                 # The writer is stuck in a slow write: make room on disk.
                 self._force_spill = True
                 self._spill_wanted.set()
-            if self._closing:
+            if self.closing:
                 raise RecorderClosedError("recorder closed while waiting for buffer space")
         self._seq += 1
         self._mem.append((self._seq, rec))
@@ -419,7 +416,8 @@ class Recorder(Lifetime):
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record taken so far is in Redis (or was dropped).
 
-        Returns False if ``timeout`` seconds pass first (for example while Redis is down).
+        Returns False if ``timeout`` seconds pass first (for example while Redis is down), or
+        if the writer ended first (the recorder is closing) with records still pending.
         """
         self._work.set()  # records put in the spool from outside are noticed too
         try:
@@ -428,40 +426,41 @@ class Recorder(Lifetime):
                     self._progress.clear()
                     if not self.pending:
                         break
+                    if self._tasks and self._tasks[0].done():
+                        return False  # no writer any more: nothing will change
                     await self._progress.wait()
         except TimeoutError:
             return False
         return True
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop taking records; write what can be written within ``timeout`` seconds; spool the
-        rest; close an owned spool. Idempotent."""
-        if self._closing:
-            await self._closed_event.wait()
-            return
-        self._closing = True
+        """Stop taking records; write what can be written within ``timeout`` seconds (no wait
+        while Redis is down; the writer stops at the first failure); spool the rest; close an
+        owned spool. Idempotent."""
+        if not self.closing:
+            self._close_timeout = timeout
+        await super().close()
+
+    async def _close(self) -> None:
         for sub in self._subs:
             sub.remove()
         self._subs.clear()
         self._space.set()
-        if self._started:
+        if self._tasks:
             if not self._down:
-                await self.flush(timeout)
-            assert self._stop is not None
-            if not self._stop.done():
-                self._stop.set_result(None)
+                await self.flush(self._close_timeout)
+            self._stopping = True
+            if self._writing is not None:
+                self._writing.cancel()  # a write still in flight: its batch is spooled
             self._work.set()
             self._spill_wanted.set()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
         leftovers = self._inflight + list(self._mem)
         self._inflight, self._mem = [], deque()
         if leftovers:
             await self._spill(leftovers)
         if self.spool is not None and self._owns_spool:
             await asyncio.to_thread(self.spool.close)
-        self._closed = True
-        self._closed_event.set()
 
     # -- wiring to a Client -----------------------------------------------------------------
 
@@ -475,11 +474,17 @@ class Recorder(Lifetime):
     # -- the writer -------------------------------------------------------------------------
 
     async def _writer(self) -> None:
+        try:
+            await self._write_until_stopped()
+        finally:
+            self._progress.set()  # a flush waiting for it learns that it ended
+
+    async def _write_until_stopped(self) -> None:
         delay = self.retry_initial
         while True:
             try:
                 if self._down:
-                    if await self._sleep_or_stop(delay):
+                    if not await self.sleep(delay):  # closing
                         break
                     delay = min(self.retry_max, delay * 2)
                     status = await self.health.check()
@@ -493,7 +498,7 @@ class Recorder(Lifetime):
                     break
                 batch, ack_upto = picked
                 from_spool = ack_upto is not None
-                outcome = await self._race_stop(self._write(batch))
+                outcome = await self._race_stop(batch)
                 if outcome is None:  # stopping: the batch may or may not have landed
                     if not from_spool:  # keep it; a replay of what landed is skipped
                         self._inflight = []
@@ -516,7 +521,7 @@ class Recorder(Lifetime):
                 self._progress.set()
             except Exception:
                 log.exception("recorder %s: writer step failed; retrying", self.stream)
-                if await self._sleep_or_stop(delay):
+                if not await self.sleep(delay):  # closing
                     break
                 delay = min(self.retry_max, delay * 2)
 
@@ -650,10 +655,6 @@ class Recorder(Lifetime):
 
     # -- state ------------------------------------------------------------------------------
 
-    @property
-    def _stopping(self) -> bool:
-        return self._stop is not None and self._stop.done()
-
     def _mark_down(self, error: str) -> None:
         self._last_error = error
         if not self._down:
@@ -701,32 +702,35 @@ class Recorder(Lifetime):
         except Exception:
             log.exception("recorder %s: the outage listener failed", self.stream)
 
-    async def _sleep_or_stop(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; True (at once) if the recorder is stopping."""
-        stop = self._stop
-        assert stop is not None
-        if stop.done():
-            return True
-        done, _ = await asyncio.wait({stop}, timeout=delay)
-        return bool(done)
-
-    async def _race_stop(self, aw: Awaitable[T]) -> T | BaseException | None:
-        """Run ``aw`` until it ends or the recorder stops: its result, its exception, or None."""
-        stop = self._stop
-        assert stop is not None
-        task = asyncio.ensure_future(aw)
-        racers: set[asyncio.Future[Any]] = {task, stop}
-        await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async def _race_stop(
+        self, batch: Sequence[tuple[int, MessageRecord]]
+    ) -> tuple[int, int] | BaseException | None:
+        """Write ``batch`` until it is written or the recorder stops: (written, duplicates),
+        the write's exception, or None (stopping: it may or may not have landed)."""
+        if self._stopping:
             return None
-        exc = task.exception()
-        if exc is not None:
+        task = self.spawn(
+            self._write_outcome(batch), name=f"waclient-recorder-{self.direction}-write"
+        )
+        self._writing = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._writing = None
+        if task.cancelled():  # by close(); otherwise a failed attempt like any other
+            return None if self._stopping else asyncio.CancelledError("the write was cancelled")
+        return task.result()
+
+    async def _write_outcome(
+        self, batch: Sequence[tuple[int, MessageRecord]]
+    ) -> tuple[int, int] | BaseException:
+        """:meth:`_write`, its exception returned rather than raised."""
+        try:
+            return await self._write(batch)
+        except Exception as exc:
             if not isinstance(exc, RedisError | OSError | TimeoutError):
                 log.warning("recorder %s: unexpected error from a write", self.stream, exc_info=exc)
             return exc
-        return task.result()
 
 
 class InboundRecorder(Recorder):

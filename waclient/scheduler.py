@@ -565,7 +565,6 @@ class Scheduler(Lifetime):
         self._cancel = redis.register_script(_CANCEL)
         self._page = redis.register_script(_PAGE)
         self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
         self._pending: dict[str, _Settle] = {}
         """Settles that could not reach Redis, by job id: only jobs this scheduler claimed, at
         most one per tick in progress (a failed settle ends its tick, and no tick claims while
@@ -699,22 +698,20 @@ class Scheduler(Lifetime):
                 break
         return fired
 
-    async def start(self) -> None:
-        """Run :meth:`tick` every ``poll_interval`` seconds in a task; idempotent."""
-        if self._task is not None:
-            return
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"waclient-scheduler-{self._owner}")
+    idempotent_start = True
+    """``start()`` runs :meth:`tick` every ``poll_interval`` seconds in a task, once."""
 
-    async def close(self) -> None:
-        """Stop the runner (a send in progress finishes first), then try the pending settles
-        once more; those Redis still refuses are logged (one WARNING naming the jobs: they will
-        be claimed and sent again after their lease) and kept. The Redis client stays open."""
+    async def _open(self) -> None:
+        self._task = self.spawn(self._run(), name=f"waclient-scheduler-{self._owner}")
+
+    async def _close(self) -> None:
+        """``close()``: stop the runner (a send in progress finishes first), then try the
+        pending settles once more; those Redis still refuses are logged (one WARNING naming the
+        jobs: they will be claimed and sent again after their lease) and kept. The Redis client
+        stays open, and :meth:`tick` and the job methods still work."""
         task, self._task = self._task, None
         if task is not None:
-            assert self._stop is not None
-            self._stop.set()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task})
         if not self._pending:
             return
         with contextlib.suppress(Exception):
@@ -732,7 +729,7 @@ class Scheduler(Lifetime):
     def statistics(self) -> SchedulerStats:
         return SchedulerStats(
             namespace=self.namespace,
-            running=self._task is not None,
+            running=self.is_open,
             sent=self.sent,
             send_failures=self.send_failures,
             last_error=self.last_error,
@@ -891,10 +888,8 @@ class Scheduler(Lifetime):
         return bool(int(done))
 
     async def _run(self) -> None:
-        stop = self._stop
-        assert stop is not None
         failing = False
-        while not stop.is_set():
+        while not self.closing:
             try:
                 await self.tick()
             except Exception as exc:
@@ -907,5 +902,5 @@ class Scheduler(Lifetime):
                 if failing:
                     log.info("scheduler %s: ticking again", self.namespace)
                 failing = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            if not await self.sleep(self.poll_interval):
+                return

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from waclient.client import Client, ClientState, StateChange
 from waclient.events import PairStatusEv
+from waclient.lifetime import Lifetime
 
 if TYPE_CHECKING:
     from .state_events import StateEvents
@@ -76,11 +76,12 @@ class HealingStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class ClientSupervisor:
+class ClientSupervisor(Lifetime):
     """Keeps a :class:`Client` alive across FAILED; see the module docstring.
 
     ``make_client`` builds a fresh, not yet started client (with its transport and everything
-    attached to it); the supervisor starts and closes it.
+    attached to it); the supervisor starts and closes it: :meth:`start` starts the first client
+    and the watcher, :meth:`close` stops the watcher, then closes the current client.
     """
 
     def __init__(
@@ -105,15 +106,14 @@ class ClientSupervisor:
         self.next_restart_at: float | None = None
         self._restart_times: collections.deque[float] = collections.deque()
         self._task: asyncio.Task[None] | None = None
-        self._closing = asyncio.Event()
+        """The watcher, once started."""
 
-    async def start(self) -> None:
+    async def _open(self) -> None:
         await self._new_client()
-        self._task = asyncio.create_task(self._watch(), name="waclient-healing")
+        self._task = self.spawn(self._watch(), name="waclient-healing")
 
-    async def close(self) -> None:
-        self._closing.set()
-        if self._task is not None:
+    async def _close(self) -> None:
+        if self._task is not None:  # first, so that no restart begins meanwhile
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.client is not None:
@@ -161,10 +161,7 @@ class ClientSupervisor:
                 client.last_error,
                 self.cooldown,
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cooldown):
-                    await self._closing.wait()
-            if self._closing.is_set():
+            if not await self.sleep(self.cooldown):
                 return
             await client.close()
             self._restart_times.append(time.monotonic())

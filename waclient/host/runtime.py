@@ -279,25 +279,24 @@ class Host(Lifetime):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open every component on one :class:`~contextlib.AsyncExitStack`; if one fails, the
-        ones opened before it are closed (in reverse order) and the error propagates."""
-        if self._stack is not None:
-            raise RuntimeError("host already started")
+    async def _open(self) -> None:
+        """``start()``: open every component on one :class:`~contextlib.AsyncExitStack`; if
+        one fails, the ones opened before it are closed (in reverse order) and the error
+        propagates. Once, as every lifetime: a second start raises ``LifetimeError``."""
         async with AsyncExitStack() as stack:
-            await self._open(stack)
+            await self._enter(stack)
             self._stack = stack.pop_all()
 
-    async def close(self) -> None:
-        """Leave the stack: every component closes in the reverse of the order it was opened
-        in (the guard, the scheduler, the client, the recorders, their spools, the event
-        streams' writers, Redis), so work stops being taken before what it writes to goes away.
-        Spooled records stay on disk. Idempotent."""
+    async def _close(self) -> None:
+        """``close()``: leave the stack: every component closes in the reverse of the order it
+        was opened in (the guard, the scheduler, the client, the recorders, their spools, the
+        event streams' writers, Redis), so work stops being taken before what it writes to goes
+        away. Spooled records stay on disk. Idempotent."""
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
 
-    async def _open(self, stack: AsyncExitStack) -> None:
+    async def _enter(self, stack: AsyncExitStack) -> None:
         """What :meth:`start` enters, in order. Each component is pushed right after it is
         opened, so the stack's close order is the reverse of this one by construction: the
         guard, the scheduler, the client supervisor (and its client), the webhook dispatcher,
@@ -351,7 +350,7 @@ class Host(Lifetime):
     async def _open_redis(self, stack: AsyncExitStack, url: str) -> None:
         """Redis, the event streams' writers, then the recorders (each with its spool;
         :meth:`_make_client` attaches them to every client; their outages are state events);
-        builds the scheduler, which :meth:`_open` enters after the client."""
+        builds the scheduler, which :meth:`_enter` enters after the client."""
         from waclient.recorders import InboundRecorder, OutboundRecorder
         from waclient.redis import RedisHealth, open_redis
         from waclient.scheduler import Scheduler

@@ -91,22 +91,22 @@ class StateEvents(Lifetime):
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._closed = False
+        self._close_timeout = 2.0
 
     # -- public API ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the writer; events emitted before wait in the backlog."""
-        if self._closed:
-            raise RuntimeError("state events are closed")
-        if self._task is None and self.redis is not None:
-            self._task = asyncio.create_task(self._write(), name=f"waclient-events-{self.stream}")
+    idempotent_start = True
+    """``start()`` starts the writer once; events emitted before wait in the backlog."""
+
+    async def _open(self) -> None:
+        if self.redis is not None:
+            self._task = self.spawn(self._write(), name=f"waclient-events-{self.stream}")
 
     def emit(self, event_type: str, data: Mapping[str, Any], when: float | None = None) -> None:
         """Queue an event that happened at ``when`` (``time.time()``; default: now)."""
         if self.redis is None:
             return
-        if self._closed:
+        if self.closing:
             self.dropped += 1
             return
         if len(self._backlog) >= self.max_backlog:
@@ -126,16 +126,20 @@ class StateEvents(Lifetime):
         return True
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Write what Redis takes within ``timeout`` seconds (no wait while Redis is down);
-        what is left is counted as dropped. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        """Write what Redis takes within ``timeout`` seconds (no wait while Redis is down, and
+        none once a write fails); what is left is counted as dropped. Idempotent."""
+        if not self.closing:
+            self._close_timeout = timeout
+        await super().close()
+
+    async def _close(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
         if self._up:
-            await self.flush(timeout)
+            # The writer ends by itself once the backlog is written or a write fails.
+            self._wake.set()
+            await asyncio.wait({task}, timeout=self._close_timeout)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         left = self._pending
@@ -168,6 +172,8 @@ class StateEvents(Lifetime):
         while True:
             if not self._backlog:
                 self._idle.set()
+                if self.closing:
+                    return  # all written
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -183,7 +189,8 @@ class StateEvents(Lifetime):
             except Exception as exc:
                 failures += 1
                 self._failed(fields, f"{type(exc).__name__}: {exc}", failures)
-                await self._pause(failures)
+                if not await self._pause(failures):
+                    return  # closing: what is left is counted as dropped
                 continue
             self._writing = None
             self.published += 1
@@ -207,13 +214,15 @@ class StateEvents(Lifetime):
             log.warning("state events: writing to %s failed (%s); holding them", self.stream, error)
         log.debug("state events: attempt %d failed: %s", failures, error)
 
-    async def _pause(self, failures: int) -> None:
+    async def _pause(self, failures: int) -> bool:
         """The backoff before the next attempt, cut short by a new event, but never shorter
-        than the backoff's first step."""
-        await asyncio.sleep(self.retry.initial)
+        than the backoff's first step. False (at once) when closing."""
+        if not await self.sleep(self.retry.initial):
+            return False
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, self.retry.delay(failures) - self.retry.initial)):
                 await self._wake.wait()
+        return not self.closing
 
     def _count_dropped(self) -> None:
         self.dropped += 1

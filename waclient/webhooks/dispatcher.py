@@ -179,35 +179,31 @@ class WebhookDispatcher(Lifetime):
         self.redis_errors = 0
         self._workers: dict[str, _EndpointWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        """The manager and the notifier; the workers' tasks are spawned into this lifetime
+        too (each worker keeps its own, to stop them when its endpoint goes)."""
         self._reconciling = asyncio.Lock()
-        self._running = False
 
     # -- lifetime --------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the workers. Returns once the endpoints known now have their groups (or
-        Redis failed; the workers then keep trying)."""
-        if self._running:
-            raise RuntimeError("dispatcher already started")
-        self._running = True
+    async def _open(self) -> None:
+        """``start()``: start the workers. Returns once the endpoints known now have their
+        groups (or Redis failed; the workers then keep trying)."""
         with contextlib.suppress(RedisError, OSError):
             await self._reconcile()
         self._tasks = [
-            asyncio.create_task(self._manage(), name="webhooks-manager"),
-            asyncio.create_task(self._notify(), name="webhooks-notifier"),
+            self.spawn(self._manage(), name="webhooks-manager"),
+            self.spawn(self._notify(), name="webhooks-notifier"),
         ]
 
-    async def close(self) -> None:
-        """Stop every worker; deliveries in progress stay pending in Redis. Idempotent."""
-        if not self._running:
-            return
-        self._running = False
+    async def _close(self) -> None:
+        """``close()``: stop every worker (their acknowledgements sent); deliveries in progress
+        stay pending in Redis; an own HTTP client is closed (also if never started)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        for worker in list(self._workers.values()):
-            await worker.stop()
+        async with self._reconciling:  # a refresh under way ends first; none starts after
+            for worker in list(self._workers.values()):
+                await worker.stop()
         if self._own_http:
             await self.http.aclose()
 
@@ -218,7 +214,7 @@ class WebhookDispatcher(Lifetime):
         total = per.values()
         return DispatcherStats(
             consumer=self.consumer,
-            running=self._running,
+            running=self.is_open,
             endpoints=per,
             delivered=sum(s.delivered for s in total),
             failed=sum(s.failed for s in total),
@@ -229,7 +225,8 @@ class WebhookDispatcher(Lifetime):
         )
 
     async def refresh(self) -> None:
-        """Reload the stored endpoints now (after one was added or deleted)."""
+        """Reload the stored endpoints now (after one was added or deleted); nothing unless
+        the dispatcher is running."""
         await self._reconcile()
 
     async def replay(self, endpoint_id: str, *, limit: int | None = None) -> int:
@@ -248,8 +245,7 @@ class WebhookDispatcher(Lifetime):
 
     async def _manage(self) -> None:
         failures = 0
-        while self._running:
-            await asyncio.sleep(self.refresh_interval)
+        while await self.sleep(self.refresh_interval):
             try:
                 await self._reconcile()
                 failures = 0
@@ -264,6 +260,8 @@ class WebhookDispatcher(Lifetime):
             await self._reconcile_locked()
 
     async def _reconcile_locked(self) -> None:
+        if not self.is_open:
+            return
         wanted = {e.id: e for e in self.static}
         if self.store is not None:
             for endpoint in await self.store.list():
@@ -275,6 +273,8 @@ class WebhookDispatcher(Lifetime):
             if worker is None:
                 worker = _EndpointWorker(self, endpoint)
                 await worker.prepare()
+                if not self.is_open:
+                    return
                 self._workers[endpoint.id] = worker
                 worker.start()
             else:
@@ -287,7 +287,7 @@ class WebhookDispatcher(Lifetime):
         them, so idle workers need no polling and hold no Redis connection."""
         last: dict[str, str] = {}
         failures = 0
-        while self._running:
+        while self.is_open:
             try:
                 if not last:
                     last = await self._stream_tips()
@@ -299,7 +299,8 @@ class WebhookDispatcher(Lifetime):
                 failures += 1
                 self.redis_errors += 1
                 last = {}
-                await asyncio.sleep(_REDIS_BACKOFF.delay(failures))
+                if not await self.sleep(_REDIS_BACKOFF.delay(failures)):
+                    return
                 continue
             if reply:
                 for stream, entries in reply:
@@ -351,7 +352,8 @@ class _UrlCheck:
 
 
 class _EndpointWorker:
-    """Reads one endpoint's group and runs its deliveries."""
+    """Reads one endpoint's group and runs its deliveries, in tasks of the dispatcher's
+    lifetime (:meth:`stop` ends them when the endpoint goes, the dispatcher's close too)."""
 
     def __init__(self, dispatcher: WebhookDispatcher, endpoint: Endpoint) -> None:
         self.d = dispatcher
@@ -375,8 +377,8 @@ class _EndpointWorker:
         self._turn = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"webhooks-{self.endpoint.id}")
-        self._measurer = asyncio.create_task(
+        self._task = self.d.spawn(self._run(), name=f"webhooks-{self.endpoint.id}")
+        self._measurer = self.d.spawn(
             self._measure_every(), name=f"webhooks-{self.endpoint.id}-stats"
         )
 
@@ -449,7 +451,8 @@ class _EndpointWorker:
                     prepared = False  # the stream or the group is gone: create them again
                 if failures == 1:
                     log.warning("webhooks %s: Redis failed (%s); retrying", self.endpoint.id, exc)
-                await asyncio.sleep(_REDIS_BACKOFF.delay(failures))
+                if not await self.d.sleep(_REDIS_BACKOFF.delay(failures)):
+                    return
                 continue
             if asked == 0 or read < asked:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -523,7 +526,8 @@ class _EndpointWorker:
         while not self.stopping:
             with contextlib.suppress(RedisError, OSError):
                 await self._measure()
-            await asyncio.sleep(self.d.stats_interval)
+            if not await self.d.sleep(self.d.stats_interval):
+                return
 
     async def _measure(self) -> None:
         backlog = 0
@@ -569,8 +573,10 @@ class _EndpointWorker:
             counts = await self.r.hmget(self.attempts_key, [d.key for d in deliveries])
             for d, count in zip(deliveries, counts, strict=True):
                 d.attempts = int(count or 0)
+        if self.stopping:
+            return  # read but not started: pending in Redis, taken over after claim_idle
         for d in deliveries:
-            self._in_flight[d.key] = asyncio.create_task(
+            self._in_flight[d.key] = self.d.spawn(
                 self._deliver(d), name=f"webhook-{self.endpoint.id}-{d.entry_id}"
             )
 
@@ -621,7 +627,8 @@ class _EndpointWorker:
                 self.counters.retried += 1
                 with contextlib.suppress(RedisError, OSError):
                     await self.r.hset(self.attempts_key, d.key, d.attempts)
-                await asyncio.sleep(self.d.backoff.delay(d.attempts))
+                if not await self.d.sleep(self.d.backoff.delay(d.attempts)):
+                    return  # closing: still pending in Redis
         except (RedisError, OSError) as exc:
             # Still pending in Redis: taken over (by us or another dispatcher) after claim_idle.
             self.redis_errors += 1
