@@ -245,3 +245,14 @@ async def test_close_during_a_worker_restart_is_prompt(tmp_path: Path) -> None:
     async with asyncio.timeout(60):
         await client.close()
     assert client.state is ClientState.STOPPED and not _zombies()
+
+
+async def test_the_transport_has_one_lifetime(tmp_path: Path) -> None:
+    transport = IsolatedTransport(tmp_path / "s.db", worker="simulated")
+    async with Client(transport, backoff=NO_WAIT) as client:
+        await client.wait_for(ClientState.CONNECTED, timeout=60)
+        assert transport.tasks() == 1  # the worker's heartbeat
+    assert transport.tasks() == 0 and transport.worker_pid is None
+    await transport.close()  # idempotent
+    with pytest.raises(TransportError, match="closed"):
+        await transport.run(lambda ev: None)

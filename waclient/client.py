@@ -591,8 +591,11 @@ class Client(WhatsApp, Lifetime):
             scope.close()
 
     def _spawn_unless_closing(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """A task of the client, unless it is closing (its teardown stops the session)."""
-        with contextlib.suppress(LifetimeError):
+        """A task of the client, unless it is closing: its teardown stops the session itself."""
+        if self.closing:
+            coro.close()
+            return
+        with contextlib.suppress(LifetimeError):  # not open (never started)
             self.spawn(coro, name)
 
     def _set_state(self, state: ClientState, delay: float | None = None) -> None:

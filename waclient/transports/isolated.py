@@ -48,6 +48,7 @@ from typing import Any
 import psutil
 
 from waclient.events import Event, event_code, event_type
+from waclient.lifetime import Lifetime, LifetimeError
 from waclient.transports import calls
 from waclient.transports._wire import (
     CODE,
@@ -84,12 +85,17 @@ class WorkerStats:
         return asdict(self)
 
 
-class IsolatedTransport:
+class IsolatedTransport(Lifetime):
     """A :class:`~waclient.transports.Transport` whose neonize client lives in a worker process.
 
     ``worker="simulated"`` runs a scripted Go side in the worker instead of neonize (for tests,
     soaks and benchmarks of the process boundary itself); see :meth:`emit`.
+
+    A :class:`~waclient.lifetime.Lifetime`: the first :meth:`run` opens it (its heartbeat and
+    reaping tasks belong to it); :meth:`close` retires the worker and is final.
     """
+
+    idempotent_start = True
 
     def __init__(
         self,
@@ -143,20 +149,20 @@ class IsolatedTransport:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._ids = itertools.count(1)
-        self._closed = False
-        self._reaping: set[asyncio.Future[None]] = set()
+        self._reaping: set[asyncio.Task[None]] = set()
 
     # -- Transport --------------------------------------------------------------------------
 
     async def run(self, sink: EventSink) -> None:
         if self._running is not None:
             raise TransportError("a session is already running on this transport")
-        if self._closed:
+        if self.closing:
             raise TransportError("transport is closed")
         loop = asyncio.get_running_loop()
         running: asyncio.Future[None] = loop.create_future()
         self._running, self._stop_requested = running, False
         try:
+            await self.start()
             await self._run_session(sink)
         finally:
             self._running = None
@@ -194,7 +200,11 @@ class IsolatedTransport:
         return str(await self.call("PairPhone", phone, True))
 
     async def close(self) -> None:
-        self._closed = True
+        """Stop the session, retire the worker (killed if it does not exit in time), reap
+        every worker that ended; idempotent, and final."""
+        await super().close()
+
+    async def _close(self) -> None:
         await self.stop()
         worker, self._worker = self._worker, None
         if worker is not None:
@@ -323,7 +333,7 @@ class IsolatedTransport:
             self._worker = None
             await worker.retire(0.5)
             raise TransportError(f"the worker process did not start: {exc}") from exc
-        worker.heartbeat = asyncio.ensure_future(self._heartbeat(worker))
+        worker.heartbeat = self.spawn(self._heartbeat(worker), name="worker-heartbeat")
         return worker
 
     async def _heartbeat(self, worker: _Worker) -> None:
@@ -421,7 +431,10 @@ class IsolatedTransport:
                 if not future.done():
                     future.set_exception(TransportError(reason))
         # Reap it now (no zombie waits for the next attempt), then end its session.
-        task = asyncio.ensure_future(self._reap(worker, reason if current else None))
+        try:
+            task = self.spawn(self._reap(worker, reason if current else None), name="worker-reap")
+        except LifetimeError:  # closed already: its close retired every worker
+            return
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
@@ -458,7 +471,7 @@ class _Worker:
         self.retiring = False
         self.hung = False
         self.last_seen = time.monotonic()
-        self.heartbeat: asyncio.Future[None] | None = None
+        self.heartbeat: asyncio.Task[None] | None = None
         self.control: Connection | None = None
         self.events: Connection | None = None
         self._send_lock = threading.Lock()
