@@ -2,7 +2,8 @@
 
     python -m harness soak --scenario NAME|MODULE:FUNC [--cycles N] [--warmup N]
                            [--max-cycles N] [--tracked-cycles N] [--baseline verdict.json]
-                           [--json PATH] [--report DIR] [--timeout S] [--threshold CH=V]...
+                           [--json PATH] [--report DIR] [--timeout S] [--cycle-timeout S]
+                           [--threshold CH=V]...
     python -m harness scenarios
     python -m harness report DIR|verdict.json [--out DIR]
     python -m harness compare OLD NEW
@@ -12,8 +13,9 @@
 environment, PYTHONPATH and current directory), shows a progress bar, prints a short summary,
 and exits 0 when memory stays bounded, 1 when a channel leaks (or regressed against the
 baseline), 3 when still undecided at ``--max-cycles`` (growth still settling), 2 when it could
-not decide (bad usage, a cycle raised, timed out); then the reason is one line on stderr, and
-the child's full output (traceback included) is in ``scenario.log``.
+not decide (bad usage, a cycle raised, timed out, a cycle ran past its ``--cycle-timeout``: a
+stall); then the reason is one line on stderr, and the child's full output (traceback
+included) is in ``scenario.log``.
 
 ``suite`` runs every built-in scenario that way (what ``nox -s soak`` does): each report goes
 to ``DIR/<scenario>/``. Clean scenarios must be bounded; known leaks (the raw neonize storm,
@@ -80,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the verdict JSON here")
     p.add_argument("--report", help="write the report (HTML, PNG, flame graph) here")
     p.add_argument("--timeout", type=float, help="stop the run after this many seconds")
+    p.add_argument("--cycle-timeout", type=float, metavar="S",
+                   help="a cycle running over S seconds ends the soak (exit 2)")  # fmt: skip
     p.add_argument(
         "--threshold", action="append", default=[], metavar="CHANNEL=V",
         help="a channel's leak threshold in units per cycle (repeatable)",
@@ -152,6 +156,9 @@ def _layer(a: argparse.Namespace) -> Settings:
             raise _Usage(f"--{flag.replace('_', '-')} must be >= 0")
     if getattr(a, "timeout", None) is not None and a.timeout <= 0:
         raise _Usage("--timeout must be > 0")
+    cycle_timeout = getattr(a, "cycle_timeout", None)
+    if cycle_timeout is not None and not 0 < cycle_timeout < float("inf"):
+        raise _Usage("--cycle-timeout must be a number of seconds > 0")
     return Settings.of(
         cycles=getattr(a, "cycles", None),
         warmup=getattr(a, "warmup", None),
@@ -161,6 +168,7 @@ def _layer(a: argparse.Namespace) -> Settings:
         memray=False if a.no_memray else None,
         native_traces=getattr(a, "native_traces", None),
         timeout=getattr(a, "timeout", None),
+        cycle_timeout=cycle_timeout,
         allow_undecided=a.allow_undecided or None,
     )
 
