@@ -8,6 +8,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from waiting import eventually, until_waiting
 
 from waclient import Backoff, Client, ClientState, NotConnectedError, SentMessage
 from waclient.events import ConnectedEv, DisconnectedEv, Event, MessageEv
@@ -21,6 +22,11 @@ from waclient.transports.simulated import (
 )
 
 NO_WAIT = Backoff(0, 0, jitter=0)
+
+
+async def supervisor_ended(client: Client) -> None:
+    """Wait until only the event pump is left: no further session can start."""
+    await eventually(lambda: client.statistics().tasks == 1, "the supervisor ended")
 
 
 # -- backoff ---------------------------------------------------------------------------------
@@ -141,7 +147,7 @@ async def test_failed_after_n_failures_in_a_row() -> None:
     sim = SimulatedTransport(default_outcome="fail")
     async with Client(sim, backoff=NO_WAIT, max_failures=5) as client:
         assert await client.wait_for(ClientState.FAILED, timeout=10) is ClientState.FAILED
-        await asyncio.sleep(0.05)
+        await supervisor_ended(client)
         assert sim.sessions_started == 5 and client.failures == 5
         assert "simulated connect failure" in (client.last_error or "")
     assert client.state is ClientState.FAILED
@@ -188,7 +194,7 @@ async def test_terminal_events_stop_reconnecting(
         client.connection.on(MessageEv, lambda ev: None)
         await sim.emit(make_event())  # type: ignore[operator]
         assert await client.wait_for(state, timeout=10) is state
-        await asyncio.sleep(0.05)
+        await supervisor_ended(client)
         assert sim.sessions_started == 1 and sim.live_sessions == 0
         assert client.listener_count() == 1 and not client.connected
     assert client.state is state
@@ -228,7 +234,31 @@ async def test_supervisor_takes_over_after_the_grace_period() -> None:
         assert sim.max_live_sessions == 1
 
 
-async def test_events_flood_is_bounded_by_the_inbox() -> None:
+async def test_a_flood_overflows_to_disk_and_the_go_side_never_waits() -> None:
+    sim = SimulatedTransport()
+    gate = asyncio.Event()
+    seen: list[str] = []
+
+    async def slow(ev: Event) -> None:
+        await gate.wait()
+        seen.append(ev.Message.conversation)  # type: ignore[attr-defined]
+
+    async with Client(sim, backoff=NO_WAIT, inbox_size=8) as client:
+        client.on(MessageEv, slow)
+        await client.wait_for(ClientState.CONNECTED, timeout=10)
+        # The handler holds the pump, yet the whole flood is taken in: memory holds at most
+        # inbox_size events, the rest waits on disk, and the Go side never waited.
+        await sim.emit(*[message_event(text=str(i)) for i in range(100)])
+        stats = client.statistics()
+        assert stats.inbox <= 8 and stats.inbox_disk >= 91 and stats.producer_waits == 0
+        gate.set()
+        await client.idle()
+        stats = client.statistics()
+        assert stats.inbox == stats.inbox_disk == stats.inbox_disk_bytes == 0
+    assert seen == [str(i) for i in range(100)]
+
+
+async def test_without_a_disk_budget_a_flood_makes_the_go_side_wait() -> None:
     sim = SimulatedTransport()
     gate = asyncio.Event()
     seen = 0
@@ -238,14 +268,15 @@ async def test_events_flood_is_bounded_by_the_inbox() -> None:
         await gate.wait()
         seen += 1
 
-    async with Client(sim, backoff=NO_WAIT, inbox_size=8) as client:
+    async with Client(sim, backoff=NO_WAIT, inbox_size=8, overflow_bytes=0) as client:
         client.on(MessageEv, slow)
         await client.wait_for(ClientState.CONNECTED, timeout=10)
         flood = asyncio.ensure_future(sim.emit(*[message_event(text=str(i)) for i in range(100)]))
-        await asyncio.sleep(0.2)
-        # The Go side is blocked: at most inbox_size events queued, one in the handler.
-        assert client.statistics().inbox <= 8 and not flood.done()
+        await until_waiting(client.statistics)
+        stats = client.statistics()
+        assert stats.inbox <= 8 and stats.inbox_disk == 0 and not flood.done()
         gate.set()
         await flood
         await client.idle()
+        assert client.statistics().producers_waiting == 0
     assert seen == 100

@@ -7,8 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+from waiting import until_waiting
 
 from waclient.inbox import Inbox
+from waclient.overflow import DiskQueue
 
 
 def never() -> bool:
@@ -60,8 +62,10 @@ async def test_a_full_inbox_makes_the_go_thread_wait_until_an_item_is_taken() ->
     inbox: Inbox[int] = Inbox(asyncio.get_running_loop(), 4, 2**20)
     assert await put_from_thread(inbox, [(i, 1) for i in range(4)]) == [True] * 4
     fifth = asyncio.create_task(put_from_thread(inbox, [(4, 1)]))
-    await asyncio.sleep(0.3)
-    assert not fifth.done() and inbox.statistics().events == 4  # never more than the bound
+    await until_waiting(inbox.statistics)
+    stats = inbox.statistics()
+    assert not fifth.done() and stats.events == 4  # never more than the bound
+    assert stats.producer_waits == 1
     assert await inbox.get() == 0
     assert await asyncio.wait_for(fifth, 10) == [True]
     assert [await inbox.get() for _ in range(4)] == [1, 2, 3, 4]
@@ -71,7 +75,7 @@ async def test_bytes_are_bounded_and_an_oversized_item_goes_in_alone() -> None:
     inbox: Inbox[int] = Inbox(asyncio.get_running_loop(), 100, 1000)
     assert await put_from_thread(inbox, [(0, 600)]) == [True]
     second = asyncio.create_task(put_from_thread(inbox, [(1, 600)]))
-    await asyncio.sleep(0.3)
+    await until_waiting(inbox.statistics)
     assert not second.done() and inbox.statistics().bytes == 600
     assert await inbox.get() == 0
     assert await asyncio.wait_for(second, 10) == [True]
@@ -85,10 +89,11 @@ async def test_abandon_stops_the_wait_and_queues_nothing() -> None:
     stop = threading.Event()
     assert await put_from_thread(inbox, [(0, 1)]) == [True]
     waiting = asyncio.create_task(asyncio.to_thread(inbox.put, 1, 1, stop.is_set))
-    await asyncio.sleep(0.1)
+    await until_waiting(inbox.statistics)
     stop.set()
     assert await asyncio.wait_for(waiting, 10) is False
-    assert inbox.statistics().events == 1 and await inbox.get() == 0
+    stats = inbox.statistics()
+    assert stats.events == 1 and stats.producers_waiting == 0 and await inbox.get() == 0
 
 
 def test_bounds_must_leave_room() -> None:
@@ -100,3 +105,65 @@ def test_bounds_must_leave_room() -> None:
             Inbox(loop, 10, 0)
     finally:
         loop.close()
+
+
+# -- overflow to disk ------------------------------------------------------------------------
+
+
+def int_codec() -> tuple[Any, Any]:
+    """An item's disk form (its decimal digits) and the way back (item, size)."""
+    return (lambda item: lambda: str(item).encode()), (lambda data: (int(data), len(data)))
+
+
+def overflowing(tmp_path: Any, max_events: int, disk_bytes: int) -> Inbox[int]:
+    _, decode = int_codec()
+    disk = DiskQueue(tmp_path / "overflow", disk_bytes, segment_bytes=64)
+    return Inbox(asyncio.get_running_loop(), max_events, 2**20, overflow=disk, decode=decode)
+
+
+async def put_spilling(inbox: Inbox[int], items: range) -> list[bool]:
+    encode, _ = int_codec()
+    return await asyncio.to_thread(
+        lambda: [inbox.put(i, len(str(i)), never, encode(i)) for i in items]
+    )
+
+
+async def test_a_burst_overflows_to_disk_and_comes_back_in_order(tmp_path: Any) -> None:
+    inbox = overflowing(tmp_path, 4, 2**20)
+    assert await put_spilling(inbox, range(1000)) == [True] * 1000  # nobody waited
+    stats = inbox.statistics()
+    assert stats.events == 4 and stats.disk_events == 996 and stats.overflowed == 996
+    assert stats.producer_waits == 0
+    got = []
+    for _ in range(500):
+        got.append(await inbox.get())
+        inbox.task_done()
+    # New items go behind the ones on disk, whatever room memory has now.
+    assert await put_spilling(inbox, range(1000, 1010)) == [True] * 10
+    for _ in range(510):
+        got.append(await inbox.get())
+        inbox.task_done()
+    assert got == list(range(1010))
+    await asyncio.wait_for(inbox.join(), 10)
+    stats = inbox.statistics()
+    assert stats.events == stats.disk_events == stats.disk_bytes == 0
+    assert not list((tmp_path / "overflow").glob("*.overflow")) or all(
+        p.stat().st_size == 0 for p in (tmp_path / "overflow").glob("*.overflow")
+    )
+
+
+async def test_a_full_disk_budget_makes_the_producer_wait_and_loses_nothing(
+    tmp_path: Any,
+) -> None:
+    inbox = overflowing(tmp_path, 2, 60)  # room on disk for 10 records of 2 digits
+    producer = asyncio.create_task(put_spilling(inbox, range(10, 100)))
+    await until_waiting(inbox.statistics)
+    stats = inbox.statistics()
+    assert stats.events == 2 and stats.disk_bytes <= 60 and stats.producer_waits == 1
+    got = []
+    while len(got) < 90:
+        got.append(await inbox.get())
+        inbox.task_done()
+    assert await asyncio.wait_for(producer, 10) == [True] * 90
+    assert got == list(range(10, 100))
+    assert inbox.statistics().producers_waiting == 0

@@ -23,8 +23,13 @@ import enum
 import logging
 import math
 import random
+import shutil
+import struct
+import tempfile
 import threading
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from waclient.events import (
@@ -36,14 +41,23 @@ from waclient.events import (
     LoggedOutEv,
     StreamReplacedEv,
     TemporaryBanEv,
+    event_code,
+    event_type,
     is_event_type,
 )
 from waclient.handlers import Handler, HandlerRegistry, Scope, Subscription
 from waclient.inbox import Inbox
-from waclient.lifetime import Lifetime
+from waclient.lifetime import Lifetime, LifetimeError
 from waclient.messages import jid_to_str, message_kind, message_text, to_jid
+from waclient.overflow import DiskQueue
 from waclient.transports import calls
-from waclient.transports.base import EventSink, SentMessage, Transport, TransportError
+from waclient.transports.base import (
+    EventSink,
+    SentMessage,
+    SessionStore,
+    Transport,
+    TransportError,
+)
 from waclient.whatsapp import WhatsApp
 
 __all__ = [
@@ -129,8 +143,19 @@ class ClientStats:
     listeners: int
     listeners_by_type: dict[str, int]
     inbox: int
-    """Events received and not dispatched yet."""
+    """Events received and waiting in memory to be dispatched."""
     inbox_bytes: int
+    inbox_disk: int
+    """Events of a burst waiting on disk (the in-memory inbox was full)."""
+    inbox_disk_bytes: int
+    overflowed: int
+    """Events ever written to disk."""
+    producers_waiting: int
+    """Go threads waiting now because memory and the disk budget are full."""
+    producer_waits: int
+    """Times a Go thread had to wait for room (memory and disk full)."""
+    tasks: int
+    """Tasks of the client still running (the event pump, the supervisor, a grace timer)."""
     last_error: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,8 +210,13 @@ class Client(WhatsApp, Lifetime):
     ...) come from :class:`~waclient.whatsapp.WhatsApp`; :meth:`call` reaches every other
     public neonize method by name.
 
-    ``inbox_size`` and ``inbox_bytes`` bound the events waiting for the loop, in count and in
-    bytes; ``max_media_bytes`` the media a send or download may hold in memory.
+    ``inbox_size`` and ``inbox_bytes`` bound the events waiting in memory for the loop, in count
+    and in bytes; past them a burst overflows to disk, up to ``overflow_bytes`` (0: no disk; the
+    Go side then waits while memory is full), in ``overflow_dir`` (default: next to the
+    transport's session database, else a temporary directory). ``max_media_bytes`` bounds the
+    media a send or download may hold in memory.
+
+    ``close()`` works from anywhere (see :meth:`close`); a closed client is not reopened.
     """
 
     def __init__(
@@ -200,6 +230,8 @@ class Client(WhatsApp, Lifetime):
         strict_listeners: bool = False,
         inbox_size: int = 1024,
         inbox_bytes: int = 64 * 2**20,
+        overflow_bytes: int = 256 * 2**20,
+        overflow_dir: str | Path | None = None,
         max_media_bytes: int = 64 * 2**20,
         rng: random.Random | None = None,
     ) -> None:
@@ -207,6 +239,8 @@ class Client(WhatsApp, Lifetime):
             raise ValueError("max_failures must be >= 1")
         if inbox_size < 1 or inbox_bytes < 1:
             raise ValueError("inbox_size and inbox_bytes must be >= 1")
+        if overflow_bytes < 0:
+            raise ValueError("overflow_bytes must be >= 0 (0: no disk overflow)")
         self.transport = transport
         self.backoff = backoff or Backoff()
         self.max_failures = max_failures
@@ -224,6 +258,9 @@ class Client(WhatsApp, Lifetime):
         """Events of an older generation (or after their session ended), dropped."""
         self.last_error: str | None = None
         self.max_media_bytes = max_media_bytes
+        self.overflow_bytes = overflow_bytes
+        self._overflow_dir = Path(overflow_dir) if overflow_dir is not None else None
+        self._own_overflow_dir: Path | None = None
         self._rng = rng or random.Random()
         self._lifetime = self.registry.scope("client")
         self._connection: Scope | None = None
@@ -234,50 +271,27 @@ class Client(WhatsApp, Lifetime):
         self._accepting: int | None = None
         self._session_connected = False
         self._terminal: ClientState | None = None
-        self._closing = False
-        self._wake: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._pump: asyncio.Task[None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[frozenset[ClientState], asyncio.Future[ClientState]]] = []
 
     # -- public API -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the supervisor; it connects in the background."""
-        if self._supervisor is not None:
-            raise RuntimeError("client already started")
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._inbox = Inbox(self._loop, *self._inbox_bounds)
-        self._wake = asyncio.Event()
-        self._pump = asyncio.create_task(self._pump_events(), name="waclient-pump")
-        self._supervisor = asyncio.create_task(self._supervise(), name="waclient-supervisor")
+        """Start the supervisor; it connects in the background. Once: a closed client raises
+        :class:`~waclient.lifetime.LifetimeError` (make a new one)."""
+        await super().start()
 
     async def close(self) -> None:
-        """Stop the session, the supervisor and the pump; remove every handler. Idempotent."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._wake is not None:
-            self._wake.set()
-        self._cancel_grace()
-        if self._supervisor is not None:
-            await self.transport.stop()
-            await self._supervisor
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.gather(self._pump, return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._close_connection()
-        self._lifetime.close()
-        await self.transport.close()
-        if not self.state.terminal:
-            self._set_state(ClientState.STOPPED)
-        self._fail_waiters()
+        """Stop the session, the supervisor and the pump; remove every handler; stop the
+        transport (for :class:`~waclient.transports.IsolatedTransport`, its worker process).
+
+        Events already received are dispatched first. Idempotent, and safe from anywhere:
+        concurrent closes share one teardown; a close that is cancelled (a timeout) finishes the
+        teardown before the cancellation goes on. Called from a handler (the pump runs it),
+        ``close()`` begins the teardown and returns at once, before the teardown, which then
+        waits for that handler to return; :meth:`wait_closed` waits for the end.
+        """
+        await super().close()
 
     def on(self, event_type: type[E], handler: Handler[E]) -> Subscription[E]:
         """Register a handler for the client's whole life.
@@ -361,13 +375,55 @@ class Client(WhatsApp, Lifetime):
             listeners_by_type=self.registry.counts(),
             inbox=inbox.events if inbox is not None else 0,
             inbox_bytes=inbox.bytes if inbox is not None else 0,
+            inbox_disk=inbox.disk_events if inbox is not None else 0,
+            inbox_disk_bytes=inbox.disk_bytes if inbox is not None else 0,
+            overflowed=inbox.overflowed if inbox is not None else 0,
+            producers_waiting=inbox.producers_waiting if inbox is not None else 0,
+            producer_waits=inbox.producer_waits if inbox is not None else 0,
+            tasks=self.tasks(),
             last_error=self.last_error,
         )
+
+    # -- the lifetime -------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._inbox = Inbox(
+            self._loop,
+            *self._inbox_bounds,
+            overflow=self._disk_queue(),
+            decode=_from_disk if self.overflow_bytes else None,
+        )
+        self.spawn(self._pump_events(), name="waclient-pump")
+        self.spawn(self._supervise(), name="waclient-supervisor")
+
+    async def _close(self) -> None:
+        """Stop the session (no more events), let the supervisor dispatch what was received
+        and end, then release everything; the lifetime then cancels the pump and the rest."""
+        self._cancel_grace()
+        try:
+            await self.transport.stop()
+            await self._tasks_named("waclient-supervisor")
+        finally:
+            self._close_connection()
+            self._lifetime.close()
+            await self.transport.close()
+            if self._inbox is not None:
+                self._inbox.close()
+            if self._own_overflow_dir is not None:
+                shutil.rmtree(self._own_overflow_dir, ignore_errors=True)
+            if not self.state.terminal:
+                self._set_state(ClientState.STOPPED)
+            self._fail_waiters()
+
+    def _lifetime_name(self) -> str:
+        return "Client"
 
     # -- the supervisor ---------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        while not self._closing:
+        while not self.closing:
             self.generation += 1
             self.attempts += 1
             generation = self.generation
@@ -387,7 +443,7 @@ class Client(WhatsApp, Lifetime):
             await self._finish_generation()
             self._cancel_grace()
             self._close_connection()
-            if self._closing:
+            if self.closing:
                 return
             if self._terminal is not None:
                 self._set_state(self._terminal)
@@ -399,20 +455,12 @@ class Client(WhatsApp, Lifetime):
                 return
             delay = self.backoff.delay(max(1, self.failures), self._rng)
             self._set_state(ClientState.BACKOFF, delay)
-            await self._sleep(delay)
+            await self.sleep(delay)
 
     async def _finish_generation(self) -> None:
         """Dispatch what the ended session had already queued, then refuse its late events."""
         await self.idle()
         self._accepting = None
-
-    async def _sleep(self, delay: float) -> None:
-        assert self._wake is not None
-        if delay <= 0:
-            await asyncio.sleep(0)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -421,13 +469,18 @@ class Client(WhatsApp, Lifetime):
         assert loop is not None and inbox is not None
 
         def abandon() -> bool:
-            return self._closing or loop.is_closed()
+            return self.closing or loop.is_closed()
 
         def sink(event: Event) -> None:
             if threading.get_ident() == self._loop_thread:
                 raise RuntimeError("transport events must come from the Go side's thread")
-            size = len(event.SerializePartialToString())  # ByteSize() rejects partial proto2
-            if not inbox.put((generation, event), size, abandon):  # waits while the loop is behind
+            data = event.SerializePartialToString()  # ByteSize() rejects partial proto2
+
+            def to_disk() -> bytes:
+                return _DISK_HEAD.pack(generation, event_code(type(event))) + data
+
+            # Waits only while memory and the disk budget are both full.
+            if not inbox.put((generation, event), len(data), abandon, to_disk):
                 self.stale_events += 1
 
         return sink
@@ -459,16 +512,32 @@ class Client(WhatsApp, Lifetime):
         await self.registry.dispatch_async(event)
         if kind is DisconnectedEv:
             self._close_connection()
-            if not self._closing and self._terminal is None:
+            if not self.closing and self._terminal is None:
                 self._set_state(ClientState.RECONNECTING)
                 self._arm_grace(generation)
         elif kind in _STATE_FOR_TERMINAL_EVENT:
             self._terminal = _STATE_FOR_TERMINAL_EVENT[kind]
             self._close_connection()
             log.warning("%s: not reconnecting", kind.__name__)
-            self._spawn(self.transport.stop())
+            self._spawn_unless_closing(self.transport.stop(), "waclient-stop")
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _disk_queue(self) -> DiskQueue | None:
+        if not self.overflow_bytes:
+            return None
+        directory = self._overflow_dir
+        if directory is None and isinstance(self.transport, SessionStore):
+            directory = Path(self.transport.database + ".overflow")
+        if directory is None:
+            directory = self._own_overflow_dir = Path(tempfile.mkdtemp(prefix="waclient-inbox-"))
+        return DiskQueue(directory, self.overflow_bytes)
+
+    async def _tasks_named(self, name: str) -> None:
+        """Wait for this client's task called ``name`` (unless it is the one waiting)."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._lt_tasks if t.get_name() == name and t is not current]
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _arm_grace(self, generation: int) -> None:
         assert self._loop is not None
@@ -479,13 +548,13 @@ class Client(WhatsApp, Lifetime):
 
     def _grace_expired(self, generation: int) -> None:
         self._grace_timer = None
-        if generation == self._accepting and self._connection is None and not self._closing:
+        if generation == self._accepting and self._connection is None and not self.closing:
             log.warning(
                 "session %d stayed disconnected for %.0fs; the supervisor takes over",
                 generation,
                 self.reconnect_grace,
             )
-            self._spawn(self.transport.stop())
+            self._spawn_unless_closing(self.transport.stop(), "waclient-stop")
 
     def _cancel_grace(self) -> None:
         if self._grace_timer is not None:
@@ -497,10 +566,10 @@ class Client(WhatsApp, Lifetime):
         if scope is not None:
             scope.close()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn_unless_closing(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A task of the client, unless it is closing (its teardown stops the session)."""
+        with contextlib.suppress(LifetimeError):
+            self.spawn(coro, name)
 
     def _set_state(self, state: ClientState, delay: float | None = None) -> None:
         if state is self.state:
@@ -524,6 +593,17 @@ class Client(WhatsApp, Lifetime):
             if not future.done():
                 future.set_exception(NotConnectedError("client closed"))
         self._waiters = []
+
+
+_DISK_HEAD = struct.Struct("<IH")
+"""An event on disk: its generation (u32) and event code (u16), then its protobuf bytes."""
+
+
+def _from_disk(record: bytes) -> tuple[tuple[int, object], int]:
+    """An inbox item read back from disk, and its size."""
+    generation, code = _DISK_HEAD.unpack_from(record)
+    data = record[_DISK_HEAD.size :]
+    return (generation, event_type(code).FromString(data)), len(data)
 
 
 def _power_of_two(n: int) -> bool:

@@ -25,13 +25,15 @@ __all__ = [
     "Pairing",
     "PayloadTooLarge",
     "SentMessage",
+    "SessionStore",
     "Simulating",
     "Transport",
     "TransportError",
 ]
 
 EventSink = Callable[[Event], None]
-"""Receives each decoded event. Called on the Go side's thread; may block to apply backpressure."""
+"""Receives each decoded event. Called on the Go side's thread (never the loop's). It returns at
+once unless the client's memory inbox and its disk budget are both full; then it waits."""
 
 
 class TransportError(RuntimeError):
@@ -86,6 +88,17 @@ class Transport(Protocol):
 
     async def close(self) -> None:
         """Release everything the transport holds. It is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """A transport whose session lives in a database file: the client keeps its inbox's
+    on-disk overflow next to it (``<database>.overflow/``)."""
+
+    @property
+    def database(self) -> str:
+        """The session database's path."""
         ...
 
 

@@ -121,8 +121,11 @@ class SimulatedTransport:
         self._target: EventSink | None = None
         install_bridge(self._neonize, self._to_target)
         self._callback = func_callback_bytes(self._neonize.event.execute)
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._go_thread: threading.Thread | None = None
+        self._go = JobThread("sim-go")
+        """The Go side's event thread: emits in order, may wait while the client is full."""
+        self._answers = JobThread("sim-calls")
+        """Where calls are answered: never behind events (whatsmeow reads a request's answer
+        on its own path, not through the event handlers)."""
 
     # -- Transport --------------------------------------------------------------------------
 
@@ -164,18 +167,17 @@ class SimulatedTransport:
             kwargs = {k: calls.decode_value(v) for k, v in wire_kwargs.items()}
             return calls.encode_value(self.whatsapp.answer(method, args, kwargs))
 
-        # Off the loop, as neonize's blocking calls are in the in-process transport.
-        return calls.decode_value(await self._on_go_thread(answer))
+        # Off the loop, as neonize's blocking calls are in the in-process transport, and off
+        # the event thread: an answer never waits behind events.
+        return calls.decode_value(await self._answers.run(answer))
 
     async def pair_phone(self, phone: str) -> str:
         return str(await self.call("PairPhone", phone, True))
 
     async def close(self) -> None:
         await self.stop()
-        thread, self._go_thread = self._go_thread, None
-        if thread is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(thread.join)
+        await self._go.close()
+        await self._answers.close()
 
     # -- the script -------------------------------------------------------------------------
 
@@ -236,7 +238,7 @@ class SimulatedTransport:
     async def _emit_to(self, session: SimSession, events: Iterable[Event]) -> None:
         batch = [(event_code(type(e)), e.SerializePartialToString()) for e in events]
         session.events += len(batch)
-        await self._on_go_thread(lambda: self._execute(session.sink, batch))
+        await self._go.run(lambda: self._execute(session.sink, batch))
 
     def _execute(self, sink: EventSink, batch: list[tuple[int, bytes]]) -> None:
         self._target = sink
@@ -253,7 +255,20 @@ class SimulatedTransport:
             target(event)
 
     async def _on_go_thread(self, job: Callable[[], T]) -> T:
-        """Run ``job`` on the simulated Go side's thread; its result or its exception."""
+        """Run ``job`` on the simulated Go side's event thread; its result or its exception."""
+        return await self._go.run(job)
+
+
+class JobThread:
+    """One thread, started on first use, that runs jobs in order off the event loop."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, job: Callable[[], T]) -> T:
+        """Run ``job`` on the thread; its result or its exception."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
 
@@ -265,13 +280,20 @@ class SimulatedTransport:
             else:
                 loop.call_soon_threadsafe(_settle, done, None, result)
 
-        if self._go_thread is None:
-            self._go_thread = threading.Thread(target=self._go_loop, name="sim-go", daemon=True)
-            self._go_thread.start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
         self._jobs.put(run)
         return await done
 
-    def _go_loop(self) -> None:
+    async def close(self) -> None:
+        """End the thread after the jobs queued so far."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(thread.join)
+
+    def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
 
