@@ -19,8 +19,9 @@ included) is in ``scenario.log``.
 
 ``suite`` runs every built-in scenario that way (what ``nox -s soak`` does): each report goes
 to ``DIR/<scenario>/``. Clean scenarios must be bounded; known leaks (the raw neonize storm,
-an upstream leak; the mutants) must be detected on their channels; a scenario that cannot run
-here (SKIPPED) or stays undecided fails unless ``--allow-skipped``/``--allow-undecided``.
+an upstream leak; the mutants) must be detected on their channels; one expected to stall must
+end at a cycle's deadline; a scenario that cannot run here (SKIPPED) or stays undecided fails
+unless ``--allow-skipped``/``--allow-undecided``.
 Exit 0 when every scenario is as expected.
 """
 
@@ -223,7 +224,7 @@ def _scenarios(a: argparse.Namespace) -> int:
 
     rows = []
     for sc in builtin_scenarios().values():
-        expect = ("leaks: " + ", ".join(sorted(sc.expect_leak))) if sc.expect_leak else "bounded"
+        expect = ("leaks: " if sc.expect_leak else "") + _expected(sc)
         missing = sc.missing()
         if missing:
             expect += f" (needs {', '.join(missing)})"
@@ -235,6 +236,11 @@ def _scenarios(a: argparse.Namespace) -> int:
         print(f"{name:<{w0}}  {cycles:>6}  {expect:<{w2}}  {desc}")
     print("\nor MODULE:FUNC: a cycle(i), a Scenario, or a generator function yielding a Workload")
     return 0
+
+
+def _expected(sc: Any) -> str:
+    """What a scenario must come to: "bounded", its leaking channels, or "stalls"."""
+    return "stalls" if sc.expect_stall else ", ".join(sorted(sc.expect_leak)) or "bounded"
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -300,7 +306,7 @@ def _verdict_path(source: str) -> Path:
 
 def _suite(a: argparse.Namespace) -> int:
     from harness.child import run_in_subprocess
-    from harness.expect import Judgement, judge, skipped
+    from harness.expect import STALLED, Judgement, judge, judge_stall, skipped
     from harness.report import ProgressBar
     from harness.scenarios import builtin_scenarios
 
@@ -317,7 +323,7 @@ def _suite(a: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, Judgement, str]] = []
     started = time.monotonic()
     for sc in chosen:
-        expected = ", ".join(sorted(sc.expect_leak)) or "bounded"
+        expected = _expected(sc)
         missing = sc.missing()
         if missing:
             rows.append((sc.name, expected, "-", skipped(
@@ -345,14 +351,22 @@ def _suite(a: argparse.Namespace) -> int:
         took = f"{time.monotonic() - t0:.0f}s"
         v = result.verdict
         if result.code == 2 or v is None:
-            rows.append((sc.name, expected, "-", Judgement(False, f"ERROR: {result.reason}",
-                                                           result.reason), took))  # fmt: skip
-            continue
-        found = ", ".join(v.leaking_channels) or v.status
-        verdict = judge(v, bug=sc.bug, allow_undecided=a.allow_undecided)
-        rows.append((sc.name, expected, found, verdict, took))
-        print(v.summary(sites=3), file=sys.stderr)
-        print(file=sys.stderr)
+            error = result.kind or "crash"
+            found = "stalled" if error == STALLED else "-"
+            print(f"{sc.name}: {result.reason}\n", file=sys.stderr)
+        else:
+            error = ""
+            found = ", ".join(v.leaking_channels) or v.status
+            print(v.summary(sites=3) + "\n", file=sys.stderr)
+        if sc.expect_stall:
+            judgement = judge_stall(
+                None if error else v, error, result.reason, bug=sc.bug, stacks=result.stacks
+            )
+        elif v is None or error:
+            judgement = Judgement(False, f"ERROR: {result.reason}", result.reason)
+        else:
+            judgement = judge(v, bug=sc.bug, allow_undecided=a.allow_undecided)
+        rows.append((sc.name, expected, found, judgement, took))
     return _suite_table(rows, root, time.monotonic() - started)
 
 

@@ -1,5 +1,5 @@
 """A cycle's deadline (``cycle_timeout``): a stall ends the soak as "could not run" (exit 2, the
-reason in one line), never as bounded or leaking."""
+reason in one line), never as bounded or leaking; a scenario can be expected to stall."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from test_harness_cli import harness, one_line_error
 
 from harness import CycleError, Settings, SoakTimeout, UsageError, Workload, scenario, soak
 from harness.errors import CycleTimeout
+from harness.expect import STALLED, judge_stall
 
 STALLING = """
 import asyncio, time
@@ -159,6 +160,17 @@ def test_the_deadline_is_a_setting_of_every_layer_and_must_be_positive() -> None
             soak(lambda i: None, cycles=100, cycle_timeout=bad)
 
 
+def test_expect_stall_needs_a_deadline_and_no_expected_leak() -> None:
+    def setup() -> Iterator[Workload]:
+        yield Workload(lambda i: None)
+
+    with pytest.raises(UsageError, match="cycle_timeout"):
+        scenario("no-deadline", expect_stall=True)(setup)
+    with pytest.raises(UsageError, match="expect_leak"):
+        scenario("both", expect_stall=True, cycle_timeout=5, expect_leak="rss")(setup)
+    assert scenario("ok", expect_stall=True, cycle_timeout=5)(setup).expect_stall
+
+
 # -- the CLI -------------------------------------------------------------------------------------
 
 
@@ -190,3 +202,34 @@ def test_a_quick_cycle_under_a_deadline_exits_0_and_a_bad_deadline_is_usage(
         harness(tmp_path, "soak", "--scenario", "stalling:quick", "--cycle-timeout", "0")
     )
     assert "--cycle-timeout must be a number of seconds > 0" in line
+
+
+# -- the suite's judge -----------------------------------------------------------------------------
+
+
+def test_the_judge_of_a_stall_wants_the_cycle_deadline_and_nothing_else() -> None:
+    reason = "cycle 0 (warm-up) of x did not finish within its 20 s deadline: stalled"
+    assert judge_stall(None, STALLED, reason).ok
+    assert not judge_stall(None, "CycleError", "cycle 3 (warm-up) raised KeyError").ok
+    assert not judge_stall(None, "SoakTimeout", "timed out after 9 s during cycle 3").ok
+    assert not judge_stall(None, "crash", "the scenario process died of signal SIGSEGV").ok
+    bounded = soak(lambda i: None, cycles=100, memray=False)
+    assert bounded.bounded
+    j = judge_stall(bounded, "", "")
+    assert not j.ok and j.status == "MISSED STALL (bounded)"
+    kept: list[object] = []
+    leak = soak(lambda i: kept.append(object()), cycles=300, memray=False)
+    j = judge_stall(leak, "", "")
+    assert not j.ok and j.status.startswith("MISSED STALL (") and "py_blocks" in j.status
+
+
+def test_a_mutant_that_stalls_must_wait_at_its_bug_line() -> None:
+    path, line = "/src/harness/mutants.py", 250
+    at_bug = {"task pump": ["/x/client.py:9 in call", f"{path}:{line} in call"]}
+    elsewhere = {"task pump": ["/x/client.py:9 in call", f"{path}:{line + 1} in call"]}
+    reason = "cycle 0 (warm-up) of mutant-x did not finish within its 20 s deadline: stalled"
+    j = judge_stall(None, STALLED, reason, bug=(path, line), stacks=at_bug)
+    assert j.ok and j.status == "mutant caught"
+    j = judge_stall(None, STALLED, reason, bug=(path, line), stacks=elsewhere)
+    assert not j.ok and "not at its line" in j.status
+    assert not judge_stall(None, STALLED, reason, bug=(path, line)).ok
