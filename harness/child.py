@@ -22,14 +22,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from harness.analysis import Verdict
 from harness.config import Settings
-from harness.errors import SoakError, UsageError
+from harness.errors import CycleTimeout, SoakError, UsageError
 from harness.model import Progress
 
 __all__ = ["CHILD_KILL_GRACE", "SubprocessResult", "child_main", "run_in_subprocess"]
@@ -51,7 +51,10 @@ class SubprocessResult:
     log: str | None = None
     """Where the child's own output went (tracebacks included)."""
     kind: str = ""
-    """When ``code`` is 2: usage, CycleError, SoakTimeout, ScenarioError, crash, timeout."""
+    """When ``code`` is 2: usage, CycleError, SoakTimeout, CycleTimeout (a stall),
+    ScenarioError, crash, timeout."""
+    stacks: dict[str, list[str]] = field(default_factory=dict)
+    """After a stall (CycleTimeout): where the cycle, every task and every thread waited."""
 
 
 def run_in_subprocess(
@@ -136,9 +139,10 @@ def _result(
     errors = [m for m in messages if m.get("event") == "error"]
     if errors:
         last_error = errors[-1]
+        stacks = last_error.get("stacks")
         return SubprocessResult(
             2, verdict, str(last_error.get("message", "failed")), log_name,
-            str(last_error.get("kind", "")),
+            str(last_error.get("kind", "")), stacks if isinstance(stacks, dict) else {},
         )  # fmt: skip
     if code in (0, 1, 3) and verdict is not None:
         return SubprocessResult(code, verdict, "", log_name)
@@ -258,12 +262,26 @@ def child_main(argv: Sequence[str]) -> int:
             else type(exc).__name__ if isinstance(exc, SoakError) else "crash"
         )  # fmt: skip
         message = str(exc) if isinstance(exc, SoakError) else f"{type(exc).__name__}: {exc}"
-        pipe.send({"event": "error", "kind": kind, "message": message})
+        error: dict[str, Any] = {"event": "error", "kind": kind, "message": message}
+        if isinstance(exc, CycleTimeout):
+            error["stacks"] = exc.stacks
+        pipe.send(error)
         traceback.print_exc()
+        if isinstance(exc, CycleTimeout):
+            _print_stacks(exc)
         return 2
     Path(a.result).write_text(verdict.to_json(), encoding="utf-8")
     pipe.send({"event": "phase", "phase": "done", "done": verdict.cycles, "total": verdict.cycles})
     return verdict.exit_code
+
+
+def _print_stacks(exc: CycleTimeout) -> None:
+    """Into the log: where the stalled cycle, every task and every thread waited."""
+    print(f"\nAt the deadline of cycle {exc.cycle} ({exc.timeout:g} s):", file=sys.stderr)
+    for name, frames in exc.stacks.items():
+        print(f"  {name}:", file=sys.stderr)
+        for frame in frames:
+            print(f"    {frame}", file=sys.stderr)
 
 
 class _Pipe:

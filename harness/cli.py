@@ -2,7 +2,8 @@
 
     python -m harness soak --scenario NAME|MODULE:FUNC [--cycles N] [--warmup N]
                            [--max-cycles N] [--tracked-cycles N] [--baseline verdict.json]
-                           [--json PATH] [--report DIR] [--timeout S] [--threshold CH=V]...
+                           [--json PATH] [--report DIR] [--timeout S] [--cycle-timeout S]
+                           [--threshold CH=V]...
     python -m harness scenarios
     python -m harness report DIR|verdict.json [--out DIR]
     python -m harness compare OLD NEW
@@ -12,13 +13,15 @@
 environment, PYTHONPATH and current directory), shows a progress bar, prints a short summary,
 and exits 0 when memory stays bounded, 1 when a channel leaks (or regressed against the
 baseline), 3 when still undecided at ``--max-cycles`` (growth still settling), 2 when it could
-not decide (bad usage, a cycle raised, timed out); then the reason is one line on stderr, and
-the child's full output (traceback included) is in ``scenario.log``.
+not decide (bad usage, a cycle raised, timed out, a cycle ran past its ``--cycle-timeout``: a
+stall); then the reason is one line on stderr, and the child's full output (traceback
+included) is in ``scenario.log``.
 
 ``suite`` runs every built-in scenario that way (what ``nox -s soak`` does): each report goes
 to ``DIR/<scenario>/``. Clean scenarios must be bounded; known leaks (the raw neonize storm,
-an upstream leak; the mutants) must be detected on their channels; a scenario that cannot run
-here (SKIPPED) or stays undecided fails unless ``--allow-skipped``/``--allow-undecided``.
+an upstream leak; the mutants) must be detected on their channels; one expected to stall must
+end at a cycle's deadline; a scenario that cannot run here (SKIPPED) or stays undecided fails
+unless ``--allow-skipped``/``--allow-undecided``.
 Exit 0 when every scenario is as expected.
 """
 
@@ -80,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="write the verdict JSON here")
     p.add_argument("--report", help="write the report (HTML, PNG, flame graph) here")
     p.add_argument("--timeout", type=float, help="stop the run after this many seconds")
+    p.add_argument("--cycle-timeout", type=float, metavar="S",
+                   help="a cycle running over S seconds ends the soak (exit 2)")  # fmt: skip
     p.add_argument(
         "--threshold", action="append", default=[], metavar="CHANNEL=V",
         help="a channel's leak threshold in units per cycle (repeatable)",
@@ -152,6 +157,9 @@ def _layer(a: argparse.Namespace) -> Settings:
             raise _Usage(f"--{flag.replace('_', '-')} must be >= 0")
     if getattr(a, "timeout", None) is not None and a.timeout <= 0:
         raise _Usage("--timeout must be > 0")
+    cycle_timeout = getattr(a, "cycle_timeout", None)
+    if cycle_timeout is not None and not 0 < cycle_timeout < float("inf"):
+        raise _Usage("--cycle-timeout must be a number of seconds > 0")
     return Settings.of(
         cycles=getattr(a, "cycles", None),
         warmup=getattr(a, "warmup", None),
@@ -161,6 +169,7 @@ def _layer(a: argparse.Namespace) -> Settings:
         memray=False if a.no_memray else None,
         native_traces=getattr(a, "native_traces", None),
         timeout=getattr(a, "timeout", None),
+        cycle_timeout=cycle_timeout,
         allow_undecided=a.allow_undecided or None,
     )
 
@@ -215,7 +224,7 @@ def _scenarios(a: argparse.Namespace) -> int:
 
     rows = []
     for sc in builtin_scenarios().values():
-        expect = ("leaks: " + ", ".join(sorted(sc.expect_leak))) if sc.expect_leak else "bounded"
+        expect = ("leaks: " if sc.expect_leak else "") + _expected(sc)
         missing = sc.missing()
         if missing:
             expect += f" (needs {', '.join(missing)})"
@@ -227,6 +236,11 @@ def _scenarios(a: argparse.Namespace) -> int:
         print(f"{name:<{w0}}  {cycles:>6}  {expect:<{w2}}  {desc}")
     print("\nor MODULE:FUNC: a cycle(i), a Scenario, or a generator function yielding a Workload")
     return 0
+
+
+def _expected(sc: Any) -> str:
+    """What a scenario must come to: "bounded", its leaking channels, or "stalls"."""
+    return "stalls" if sc.expect_stall else ", ".join(sorted(sc.expect_leak)) or "bounded"
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -292,7 +306,7 @@ def _verdict_path(source: str) -> Path:
 
 def _suite(a: argparse.Namespace) -> int:
     from harness.child import run_in_subprocess
-    from harness.expect import Judgement, judge, skipped
+    from harness.expect import STALLED, Judgement, judge, judge_stall, skipped
     from harness.report import ProgressBar
     from harness.scenarios import builtin_scenarios
 
@@ -309,7 +323,7 @@ def _suite(a: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, Judgement, str]] = []
     started = time.monotonic()
     for sc in chosen:
-        expected = ", ".join(sorted(sc.expect_leak)) or "bounded"
+        expected = _expected(sc)
         missing = sc.missing()
         if missing:
             rows.append((sc.name, expected, "-", skipped(
@@ -337,14 +351,22 @@ def _suite(a: argparse.Namespace) -> int:
         took = f"{time.monotonic() - t0:.0f}s"
         v = result.verdict
         if result.code == 2 or v is None:
-            rows.append((sc.name, expected, "-", Judgement(False, f"ERROR: {result.reason}",
-                                                           result.reason), took))  # fmt: skip
-            continue
-        found = ", ".join(v.leaking_channels) or v.status
-        verdict = judge(v, bug=sc.bug, allow_undecided=a.allow_undecided)
-        rows.append((sc.name, expected, found, verdict, took))
-        print(v.summary(sites=3), file=sys.stderr)
-        print(file=sys.stderr)
+            error = result.kind or "crash"
+            found = "stalled" if error == STALLED else "-"
+            print(f"{sc.name}: {result.reason}\n", file=sys.stderr)
+        else:
+            error = ""
+            found = ", ".join(v.leaking_channels) or v.status
+            print(v.summary(sites=3) + "\n", file=sys.stderr)
+        if sc.expect_stall:
+            judgement = judge_stall(
+                None if error else v, error, result.reason, bug=sc.bug, stacks=result.stacks
+            )
+        elif v is None or error:
+            judgement = Judgement(False, f"ERROR: {result.reason}", result.reason)
+        else:
+            judgement = judge(v, bug=sc.bug, allow_undecided=a.allow_undecided)
+        rows.append((sc.name, expected, found, judgement, took))
     return _suite_table(rows, root, time.monotonic() - started)
 
 

@@ -47,6 +47,9 @@ class Settings:
     native_traces: bool | None = None
     trace_python_allocators: bool | None = None
     timeout: float | None = None
+    """Seconds the whole run may take (setup, cycles, analysis); past it: SoakTimeout."""
+    cycle_timeout: float | None = None
+    """Seconds one cycle may take; past it the soak ends with CycleTimeout (a stall)."""
     confidence: float | None = None
     sample_every: int | None = None
     collect: bool | None = None
@@ -118,6 +121,7 @@ class Config:
     native_traces: bool = False
     trace_python_allocators: bool = True
     timeout: float | None = None
+    cycle_timeout: float | None = None
     confidence: float = 0.99
     sample_every: int | None = None
     collect: bool = True
@@ -172,6 +176,8 @@ def configure(name: str, *layers: Settings) -> Config:
         raise UsageError("tracked_cycles must be >= 0")
     if s.timeout is not None and not s.timeout > 0:
         raise UsageError("timeout must be > 0 seconds")
+    if s.cycle_timeout is not None and not 0 < s.cycle_timeout < math.inf:
+        raise UsageError("cycle_timeout must be a finite number of seconds > 0")
     if s.sample_every is not None and s.sample_every < 1:
         raise UsageError("sample_every must be >= 1")
     confidence = 0.99 if s.confidence is None else float(s.confidence)
@@ -194,6 +200,7 @@ def configure(name: str, *layers: Settings) -> Config:
         if s.trace_python_allocators is None
         else bool(s.trace_python_allocators),
         timeout=None if s.timeout is None else float(s.timeout),
+        cycle_timeout=None if s.cycle_timeout is None else float(s.cycle_timeout),
         confidence=confidence,
         sample_every=s.sample_every,
         collect=True if s.collect is None else bool(s.collect),

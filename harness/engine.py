@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -35,7 +36,15 @@ from typing import Any, ParamSpec
 
 from harness.analysis import Verdict, decide, gc_type_counts, leak_sites_from_capture
 from harness.config import Config, Settings, configure
-from harness.errors import CycleError, ScenarioError, SoakError, SoakTimeout, UsageError
+from harness.errors import (
+    CycleError,
+    CycleTimeout,
+    ScenarioError,
+    SoakError,
+    SoakTimeout,
+    UsageError,
+    innermost,
+)
 from harness.model import (
     Cycle,
     Progress,
@@ -55,14 +64,14 @@ from harness.probes import (
     freeze,
     unfreeze,
 )
-from harness.threads import Frames, thread_starts
+from harness.threads import Frames, stacks_now, thread_starts
 
 __all__ = ["soak", "soak_async"]
 
 Steps = Generator[Awaitable[Any], None, None]
 P = ParamSpec("P")
 HARD_STOP_GRACE = 5.0
-"""Seconds an async run gets to cancel itself cleanly at its deadline before SIGALRM."""
+"""Seconds an async run (or cycle) gets to cancel itself cleanly at its deadline before SIGALRM."""
 
 
 # -- the public API --------------------------------------------------------------------------------
@@ -92,9 +101,10 @@ def soak(
     fields of :class:`harness.config.Settings` (``max_cycles``, ``confidence``,
     ``native_traces``, ``expect_leak``, ``baseline``...); ``settings`` is a layer below the
     call's own arguments. Raises :class:`CycleError` when a cycle raises,
-    :class:`SoakTimeout` past ``timeout`` seconds, :class:`ScenarioError` when a scenario's
-    setup fails, :class:`UsageError` on bad arguments. Async cycles and scenarios run on one
-    new event loop; inside a running loop use :func:`soak_async`.
+    :class:`SoakTimeout` past ``timeout`` seconds, :class:`CycleTimeout` (a SoakTimeout) when
+    one cycle runs past ``cycle_timeout`` seconds (a stall), :class:`ScenarioError` when a
+    scenario's setup fails, :class:`UsageError` on bad arguments. Async cycles and scenarios
+    run on one new event loop; inside a running loop use :func:`soak_async`.
     """
     sc = as_scenario(cycle, name)
     needs_loop = sc.is_async or is_async_callable(cycle)
@@ -103,9 +113,9 @@ def soak(
     run = _prepare(sc, locals(), options, settings)
     # A hung sync cycle can only be interrupted by a signal; async runs get a clean
     # cancellation at the deadline first, and the signal only if the loop itself is stuck.
-    timeout_s = run.cfg.timeout
-    alarm = timeout_s + (HARD_STOP_GRACE if needs_loop else 0.0) if timeout_s else None
-    with run.guarded(), _alarm(alarm, run):
+    if needs_loop:
+        run.grace = HARD_STOP_GRACE
+    with run.guarded(), _alarm(run):
         if sc.is_async:
             asyncio.run(_run_async_scenario(sc, run))
         else:
@@ -233,9 +243,7 @@ def _run_sync_scenario(sc: Scenario, run: _Run) -> None:
         raise ScenarioError(f"setup of {sc.name} failed: {type(exc).__name__}: {exc}") from exc
     try:
         if is_async_callable(workload.cycle):
-            if run.alarm_armed:  # let the loop's own timeout cancel the cycle cleanly first
-                left = max(0.001, run.deadline - time.perf_counter())
-                signal.setitimer(signal.ITIMER_REAL, left + HARD_STOP_GRACE)
+            run.grace = HARD_STOP_GRACE  # the loop's own timeouts cancel the cycle cleanly first
             asyncio.run(run.timed(_drive_async(run.steps(workload))))
         else:
             _drive_sync(run.steps(workload))
@@ -265,10 +273,10 @@ async def _run_async_scenario(sc: Scenario, run: _Run) -> None:
                 ) from exc
             try:
                 await _drive_async(run.steps(workload))
-            except BaseException:
+            except BaseException as exc:
                 run.abort()
                 with contextlib.suppress(Exception):
-                    await opened.__aexit__(*sys.exc_info())
+                    await _tear_down_after(opened, exc)
                 raise
     except TimeoutError:
         if run.cfg.timeout is None:
@@ -279,6 +287,22 @@ async def _run_async_scenario(sc: Scenario, run: _Run) -> None:
         await opened.__aexit__(None, None, None)
     except Exception as exc:
         run.notes.append(f"teardown raised {type(exc).__name__}: {exc}")
+
+
+async def _tear_down_after(opened: Any, exc: BaseException) -> None:
+    """The scenario's teardown after its cycles failed. After a stall, within the cycle's
+    deadline again: what held the cycle may hold the teardown too, and the soak must end."""
+    if not isinstance(exc, CycleTimeout):
+        await opened.__aexit__(type(exc), exc, exc.__traceback__)
+        return
+    deadline = asyncio.timeout(exc.timeout)
+    try:
+        async with deadline:
+            await opened.__aexit__(type(exc), exc, exc.__traceback__)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        exc.args = (f"{exc}; its teardown did not finish within {exc.timeout:g} s either",)
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -319,6 +343,12 @@ class _Run:
         self.notes: list[str] = []
         self.workload_notes: list[str] = []
         self.alarm_armed = False
+        """SIGALRM is ours (:func:`_alarm`): deadlines are armed on it."""
+        self.grace = 0.0
+        """Seconds past a deadline before SIGALRM: async cycles are cancelled cleanly first."""
+        self.watching = -1
+        """The cycle running under a cycle deadline (-1: none)."""
+        self.watch_started = 0.0
         self._tracker: Any = None
         self._starts: contextlib.AbstractContextManager[dict[str, Frames]] | None = None
         self.thread_starts: dict[str, Frames] = {}
@@ -363,6 +393,7 @@ class _Run:
         sampler = self.sampler
         assert sampler is not None
         sample, every, isawaitable = sampler.sample, self.every, inspect.isawaitable
+        watched = self.cfg.cycle_timeout is not None
         self._phase = phase
         if phase == "measured" and start == self.cfg.warmup:
             sample(start)
@@ -373,17 +404,28 @@ class _Run:
                 run_stop = min(run_start + every, stop)
                 i = run_start
                 if self.awaits is None:
+                    if watched:
+                        self.watch(i)
                     r = cycle(i)
                     self.awaits = r is not None and isawaitable(r)
                     if self.awaits:
                         self._at = i
-                        yield r
+                        yield self._within_deadline(r, i) if watched else r
+                    if watched:
+                        self.unwatch()
                     i += 1
                 if self.awaits:
                     if i < run_stop:
                         self._at = i
-                        yield self._await_cycles(cycle, i, run_stop)
+                        awaits = self._await_watched if watched else self._await_cycles
+                        yield awaits(cycle, i, run_stop)
                     i = self._at = run_stop - 1
+                elif watched:
+                    watch = self.watch
+                    for i in range(i, run_stop):  # noqa: B020 - i is the failing cycle's index
+                        watch(i)
+                        cycle(i)
+                    self.unwatch()
                 else:
                     for i in range(i, run_stop):  # noqa: B020 - i is the failing cycle's index
                         cycle(i)
@@ -391,9 +433,13 @@ class _Run:
                 if i >= tick_at:
                     tick_at = self._tick(phase, i, start, stop)
         except BaseException as exc:
+            if watched:
+                self.unwatch()
             if self.awaits:
                 i = self._at
             self.failed_at = i
+            if isinstance(exc, CycleTimeout):
+                raise
             if isinstance(exc, SoakTimeout):
                 raise SoakTimeout(self.cfg.timeout or 0.0, i, self.cfg.cycles) from None
             if isinstance(exc, Exception) and not isinstance(exc, SoakError):
@@ -413,6 +459,34 @@ class _Run:
         except BaseException:
             self._at = i
             raise
+
+    async def _await_watched(self, cycle: Cycle, start: int, stop: int) -> None:
+        """:meth:`_await_cycles` with each cycle under its deadline (``cycle_timeout``)."""
+        i = start
+        try:
+            for i in range(start, stop):
+                self.watch(i)
+                r = cycle(i)
+                if r is not None:
+                    await self._within_deadline(r, i)
+        except BaseException:
+            self._at = i
+            raise
+        finally:
+            self.unwatch()
+
+    async def _within_deadline(self, r: Awaitable[Any], i: int) -> None:
+        """Await cycle ``i``, cancelled at its deadline (-> CycleTimeout)."""
+        deadline = asyncio.timeout(self.cfg.cycle_timeout)
+        try:
+            async with deadline:
+                await r
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the cycle's own TimeoutError: the cycle raised
+            cancelled = exc.__cause__  # its traceback holds the frames the cycle waited in
+            frames = traceback.extract_tb(cancelled.__traceback__ if cancelled else None)
+            raise self.cycle_timeout_error(i, frames) from None
 
     # -- progress and deadline ------------------------------------------------------------------
 
@@ -454,6 +528,56 @@ class _Run:
 
     def timeout_error(self) -> SoakTimeout:
         return SoakTimeout(self.cfg.timeout or 0.0, self.failed_at, self.cfg.cycles)
+
+    def cycle_timeout_error(
+        self,
+        i: int,
+        frames: traceback.StackSummary | None = None,
+        interrupted: FrameType | None = None,
+    ) -> CycleTimeout:
+        """Cycle ``i`` ran past its deadline; ``frames``: where it waited (an async cycle's,
+        cancelled), ``interrupted``: the frame SIGALRM interrupted (a sync cycle's)."""
+        stacks = stacks_now(interrupted)
+        if frames is None and interrupted is not None:
+            frames = traceback.extract_stack(interrupted)
+        if frames is not None:
+            stacks["cycle"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in frames]
+        return CycleTimeout(
+            i, self._phase, self.cfg.cycle_timeout or 0.0, self.cfg.name,
+            where=innermost(frames) if frames is not None else "", stacks=stacks,
+        )  # fmt: skip
+
+    def watch(self, i: int) -> None:
+        """Cycle ``i`` starts under its deadline: SIGALRM at it (or at the run's, if nearer)."""
+        self.watching, self.watch_started = i, time.perf_counter()
+        if self.alarm_armed:
+            self.arm()
+
+    def unwatch(self) -> None:
+        """No cycle runs under a deadline now: SIGALRM at the run's deadline only."""
+        self.watching = -1
+        if self.alarm_armed:
+            self.arm()
+
+    def arm(self) -> None:
+        """Arm SIGALRM for the nearer deadline, the run's or the watched cycle's (none: off)."""
+        at = self.deadline + self.grace
+        if self.watching >= 0 and self.cfg.cycle_timeout is not None:
+            at = min(at, self.watch_started + self.cfg.cycle_timeout + self.grace)
+        left = at - time.perf_counter() if at < math.inf else 0.0
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, left) if at < math.inf else 0.0)
+
+    def on_alarm(self, frame: FrameType | None) -> None:
+        """SIGALRM in ``frame``: raise for the deadline that passed (SoakTimeout, CycleTimeout),
+        else re-arm."""
+        now = time.perf_counter()
+        if now >= self.deadline + self.grace:
+            raise SoakTimeout(self.cfg.timeout or 0.0, self.current(), self.cfg.cycles)
+        limit = self.cfg.cycle_timeout
+        due = math.inf if limit is None else self.watch_started + limit + self.grace
+        if self.watching >= 0 and now >= due:
+            raise self.cycle_timeout_error(self.watching, interrupted=frame)
+        self.arm()  # a signal for a cycle that has just finished
 
     def deadline_scope(self) -> Any:
         """``asyncio.timeout`` at the run's deadline (none without a timeout)."""
@@ -633,14 +757,20 @@ class _Run:
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float | None, run: _Run) -> Iterator[None]:
-    """SIGALRM after ``seconds`` raises SoakTimeout in the main thread (a hung sync cycle).
+def _alarm(run: _Run) -> Iterator[None]:
+    """SIGALRM, the one timer of a run's deadlines: it raises, in the main thread, SoakTimeout
+    past the run's ``timeout`` and CycleTimeout past a cycle's ``cycle_timeout``.
 
-    Restores the previous handler and timer afterwards (pytest-timeout uses SIGALRM too).
-    Off the main thread, or without a timeout, nothing is armed.
+    It is armed for the nearer of the two (:meth:`_Run.arm`, again as each cycle under a
+    deadline starts), so a hung sync cycle is interrupted where it hangs; async cycles are
+    cancelled by their loop at the deadline, and the signal comes ``run.grace`` seconds later,
+    for a loop that is itself stuck. Restores the previous handler and timer afterwards
+    (pytest-timeout uses SIGALRM too). Off the main thread, or without deadlines, nothing is
+    armed.
     """
+    cfg = run.cfg
     if (
-        not seconds
+        (cfg.timeout is None and cfg.cycle_timeout is None)
         or not hasattr(signal, "setitimer")
         or threading.current_thread() is not threading.main_thread()
     ):
@@ -648,12 +778,13 @@ def _alarm(seconds: float | None, run: _Run) -> Iterator[None]:
         return
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
-        raise SoakTimeout(run.cfg.timeout or seconds, run.current(), run.cfg.cycles)
+        run.on_alarm(frame)
 
     old_handler = signal.signal(signal.SIGALRM, on_alarm)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    old_delay, old_interval = signal.getitimer(signal.ITIMER_REAL)
     started = time.monotonic()
     run.alarm_armed = True
+    run.arm()
     try:
         yield
     finally:

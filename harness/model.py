@@ -80,6 +80,9 @@ class Scenario:
     """For mutants: the file and line of the bug, which memray's leak sites must include."""
     requires: tuple[str, ...] = ()
     """Modules the scenario needs; the suite reports it SKIPPED when one is missing."""
+    expect_stall: bool = False
+    """The scenario is known to stall (a mutant): the suite expects a cycle past its deadline
+    (``cycle_timeout``, a :class:`~harness.errors.CycleTimeout`), not a verdict."""
 
     @property
     def cycles(self) -> int:
@@ -126,14 +129,22 @@ def scenario(
     timeout: float | None = None,
     bug: tuple[str, int] | None = None,
     requires: Sequence[str] = (),
+    expect_stall: bool = False,
     **settings: Any,
 ) -> Callable[[Callable[[], Any]], Scenario]:
     """Make a :class:`Scenario` from a generator function that yields a Workload (or a cycle).
 
     ``settings`` are the scenario's defaults (``cycles``, ``warmup``, ``thresholds``,
-    ``expect_leak``, ``native_traces``, ... see :class:`harness.config.Settings`).
+    ``expect_leak``, ``cycle_timeout``, ``native_traces``, ... see
+    :class:`harness.config.Settings`). ``expect_stall`` needs a ``cycle_timeout``: the suite
+    expects a cycle to run past it.
     """
     layer = Settings.of(**settings)
+    if expect_stall and (layer.cycle_timeout is None or layer.expect_leak):
+        raise UsageError(
+            "expect_stall needs a cycle_timeout (the deadline the stall must pass) and no "
+            "expect_leak (a stalled soak has no verdict)"
+        )
 
     def wrap(fn: Callable[[], Any]) -> Scenario:
         doc = description if description is not None else inspect.getdoc(fn) or ""
@@ -148,6 +159,7 @@ def scenario(
             timeout=timeout,
             bug=bug,
             requires=tuple(requires),
+            expect_stall=expect_stall,
         )
 
     return wrap

@@ -46,6 +46,8 @@ def test_the_child_process_gets_the_same_layer_as_json() -> None:
         ({"cycles": 30, "warmup": 20}, "measured cycles"),
         ({"cycles": 100, "max_cycles": 50}, "max_cycles"),
         ({"timeout": 0}, "timeout"),
+        ({"cycle_timeout": 0}, "cycle_timeout"),
+        ({"cycle_timeout": float("inf")}, "cycle_timeout"),
         ({"confidence": 1.5}, "confidence"),
         ({"thresholds": {"rss": -1}}, "threshold for rss"),
     ],
