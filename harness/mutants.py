@@ -18,7 +18,14 @@ orphan-tasks        a keep-alive task started per connection, never awaited nor 
                     cancelled
 kept-downloads      every downloaded 256 KiB media payload kept in a list (media-   rss
                     churn through the isolated worker)
+talkback-stall      the bot that talks back on a transport that answers calls on    stalls
+                    the event thread (the design before flow control), no disk
+                    overflow: the reply waits behind events that wait for the
+                    handler; the first burst deadlocks
 ==================  ==============================================================  ============
+
+A mutant that stalls is judged on its cycle's deadline (``cycle_timeout``): the soak must end
+with the cycle past it, and the bug's line must be among the frames where something waited.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.model import Scenario, Workload, scenario
-from harness.rigs import client_rig, media_churn_rig, reconnect_cycle
+from harness.rigs import client_rig, media_churn_rig, reconnect_cycle, talkback_rig
 
 __all__ = ["MUTANTS", "bug_line"]
 
@@ -220,6 +227,28 @@ async def kept_downloads() -> AsyncIterator[Workload]:
         yield workload
 
 
+@scenario(
+    "mutant-talkback-stall",
+    expect_stall=True,
+    bug=bug_line("talkback-stall"),
+    cycle_timeout=20.0,
+    **_COMMON,
+)
+async def talkback_stall() -> AsyncIterator[Workload]:
+    """The talkback burst on a transport whose calls are answered behind its events, with no
+    disk to overflow to: the Go side waits for room, the reply waits for the Go side."""
+    from waclient.transports.simulated import SimulatedTransport
+
+    class HeadOfLine(SimulatedTransport):
+        async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            await self.on_event_thread(lambda: None)  # BUG: talkback-stall
+            return await super().call(method, *args, **kwargs)
+
+    rig = talkback_rig(lambda db: HeadOfLine(name=db), overflow_bytes=0, name="mutant-talkback")
+    async with rig as workload:
+        yield workload
+
+
 MUTANTS: list[Scenario] = [
     listeners,
     offline_buffer,
@@ -227,4 +256,5 @@ MUTANTS: list[Scenario] = [
     session_refs,
     orphan_tasks,
     kept_downloads,
+    talkback_stall,
 ]

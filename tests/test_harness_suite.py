@@ -67,3 +67,14 @@ def test_a_scenario_that_cannot_run_here_fails_the_suite_unless_allowed(tmp_path
 def test_an_unknown_scenario_is_exit_2(tmp_path: Path) -> None:
     p = suite(tmp_path, "--only", "nope")
     assert p.returncode == 2 and "unknown scenario(s) nope" in p.stderr
+
+
+def test_the_talkback_stall_mutant_is_caught_as_a_stall_at_its_line(tmp_path: Path) -> None:
+    """The design before flow control (a call answered behind the events, no disk overflow):
+    the first burst deadlocks; the suite reports the cycle past its deadline at the bug's line."""
+    p = suite(tmp_path, "--only", "mutant-talkback-stall")
+    assert p.returncode == 0, p.stdout + p.stderr
+    table = json.loads((tmp_path / "soak-report" / "suite.json").read_text())
+    assert table["mutant-talkback-stall"] == {
+        "expected": "stalls", "found": "stalled", "result": "mutant caught", "ok": True,
+    }  # fmt: skip

@@ -230,6 +230,11 @@ class SimulatedTransport:
         await self._emit_to(session, (disconnected_event(),))
         session.ended.set()
 
+    async def on_event_thread(self, job: Callable[[], T]) -> T:
+        """Run ``job`` on the simulated Go side's event thread, after every event emitted so far
+        (it waits while they wait for room in the client); its result or its exception."""
+        return await self._go.run(job)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _notify(self) -> None:
@@ -254,10 +259,6 @@ class SimulatedTransport:
         target = self._target
         if target is not None:
             target(event)
-
-    async def _on_go_thread(self, job: Callable[[], T]) -> T:
-        """Run ``job`` on the simulated Go side's event thread; its result or its exception."""
-        return await self._go.run(job)
 
 
 class JobThread:
