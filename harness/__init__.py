@@ -6,23 +6,30 @@
     verdict.channels["rss"].slope_per_cycle
     verdict.leak_sites                     # memray sites still live after the tracked cycles
 
-See docs/harness.md. Importing this package is cheap: scipy, matplotlib, memray and rich are
+What a user's code needs is here; the rest is in the submodules (``harness.child`` for the
+scenario process, ``harness.expect`` for the judge of the CLI, the suite and the plugin). See
+docs/harness.md. Importing this package is cheap: scipy, matplotlib, memray and rich are
 imported when a soak needs them.
 """
 
-from harness.analysis import ChannelResult, LeakSite, TypeGrowth, Verdict
-from harness.child import SubprocessResult, run_in_subprocess
+from harness.analysis import ChannelResult, LeakSite, Verdict
 from harness.config import Settings
 from harness.engine import soak, soak_async
-from harness.errors import CycleError, ScenarioError, SoakError, SoakTimeout, UsageError
-from harness.expect import Judgement, judge
+from harness.errors import (
+    CycleError,
+    CycleTimeout,
+    ScenarioError,
+    SoakError,
+    SoakTimeout,
+    UsageError,
+)
 from harness.model import Scenario, Workload, scenario
 from harness.probes import Probe
 
 __all__ = [
     "ChannelResult",
     "CycleError",
-    "Judgement",
+    "CycleTimeout",
     "LeakSite",
     "Probe",
     "Scenario",
@@ -30,13 +37,9 @@ __all__ = [
     "Settings",
     "SoakError",
     "SoakTimeout",
-    "SubprocessResult",
-    "TypeGrowth",
     "UsageError",
     "Verdict",
     "Workload",
-    "judge",
-    "run_in_subprocess",
     "scenario",
     "soak",
     "soak_async",

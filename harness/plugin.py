@@ -4,7 +4,7 @@
         cache = {}
         def cycle(i):
             cache[i % 100] = object()
-        soak(cycle, cycles=2000)                    # fails with the verdict's summary on a leak
+        soak(cycle, cycles=2000)                    # fails the test on a leak
 
     @pytest.mark.soak(cycles=3000, warmup=300, thresholds={"rss": 4096})
     def test_reconnects(soak):
@@ -20,14 +20,29 @@ Settings, most specific first (merged in one place, :func:`harness.config.config
 decides how long a run soaks), then the call's arguments, then the marker's, then the ini
 setting ``soak_cycles``, then the scenario's own default (2,000 for a plain cycle). An
 undecided verdict fails the test unless the call or the marker says ``allow_undecided=True``.
-``--soak-report DIR`` (ini: ``soak_report``) writes each test's report
-to ``DIR/<test id>/``.
+``--soak-report DIR`` (ini: ``soak_report``) writes each soak's report (``verdict.json``
+among it) to ``DIR/<test id>/``.
+
+What pytest reports (each soak judged once, by :func:`harness.expect.judge`):
+
+- a failed soak fails the test with one line (the verdict's, or what was expected), status
+  letter ``S`` and word ``SOAK LEAK``, ``SOAK UNDECIDED`` or ``SOAK MISSED LEAK``;
+- every soak adds a report section ``soak verdict`` with :meth:`~harness.Verdict.summary`
+  (channels, slopes, leak sites): shown with a failure, and for passed tests with ``-rP``
+  or ``-rA``;
+- every soak adds JUnit XML properties (``--junitxml``): ``soak_status``, ``soak_result``,
+  ``soak_cycles``, ``soak_cycles_per_second``, ``soak_leak_channels``, ``soak_slope_<channel>``
+  (units per cycle), ``soak_report``; a test's second soak is ``soak2_...``, and so on; a
+  failed soak adds ``soak_failure``;
+- the end of the session lists every soak (verdict, result, cycles, cycles/s, each channel's
+  slope) unless ``--hide-soak-summary`` (ini: ``hide_soak_summary``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +52,29 @@ from harness.config import Settings
 
 if TYPE_CHECKING:
     from harness.analysis import Verdict
+    from harness.expect import Judgement
 
-__all__ = ["SoakFixture", "pytest_addoption", "pytest_configure", "soak"]
+__all__ = [
+    "SoakFixture",
+    "SoakRun",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_report_teststatus",
+    "pytest_runtest_makereport",
+    "pytest_terminal_summary",
+    "soak",
+]
 
 _MARKER = (
     "soak(cycles=None, warmup=None, thresholds=None, expect_leak=False, **options): "
     "defaults for the soak fixture in this test (see harness.plugin)"
 )
+SECTION = "soak verdict"
+"""The title of a soak's report section (``soak verdict 2`` for a test's second soak)."""
+LETTER = "S"
+"""The status letter of a test failed by its soak."""
+_WORDS = {"UNEXPECTED LEAK": "SOAK LEAK", "UNDECIDED": "SOAK UNDECIDED"}
+"""Status words by the judgement's status; any other failure is ``SOAK <its status>``."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,33 +90,117 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--soak-report",
         default=None,
         metavar="DIR",
-        help="write each soak's report to DIR/<test id>/ (ini: soak_report)",
+        help="write each soak's report (verdict.json, report.html) to DIR/<test id>/ "
+        "(ini: soak_report)",
+    )
+    group.addoption(
+        "--hide-soak-summary",
+        action="store_true",
+        default=False,
+        help="no summary of the soaks at the end of the session (ini: hide_soak_summary)",
     )
     parser.addini("soak_cycles", "default cycles of a soak when the test gives none", default="")
     parser.addini("soak_report", "directory for soak reports, one per test", default="")
+    parser.addini(
+        "hide_soak_summary", "no summary of the soaks at the end of the session", type="bool"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER)
+    config.stash[_RUNS] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Each soak of the test: a report section with its verdict (pytest decides when to show
+    it: with a failure, and with ``-rP``/``-rA`` for a passed test)."""
+    report = yield
+    if call.when == "call":
+        for run in _runs(item.config, item.nodeid):
+            report.sections.append((run.section, run.verdict.summary()))
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(
+    report: pytest.TestReport | pytest.CollectReport,
+) -> tuple[str, str, tuple[str, Mapping[str, bool]]] | None:
+    """A test failed by its soak: still a failure, with letter ``S`` and a word of its own."""
+    if report.when != "call" or not report.failed:
+        return None
+    status = dict(report.user_properties).get(_FAILURE)
+    if status is None:
+        return None
+    return "failed", LETTER, (_WORDS.get(str(status), f"SOAK {status}"), {"red": True})
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Every soak of the session: verdict, result, cycles, cycles/s, each channel's slope."""
+    config = terminalreporter.config
+    runs = config.stash.get(_RUNS, [])
+    if not runs or config.getoption("hide_soak_summary") or config.getini("hide_soak_summary"):
+        return
+    terminalreporter.write_sep("=", "soak summary")
+    for line in _summary_lines(runs):
+        terminalreporter.write_line(line)
 
 
 ExpectLeak = bool | str | Collection[str]
+
+
+@dataclass(frozen=True)
+class SoakRun:
+    """One soak of a test: its verdict and how :func:`harness.expect.judge` judged it."""
+
+    nodeid: str
+    index: int
+    """1 for the test's first soak, 2 for its second..."""
+    verdict: Verdict
+    judgement: Judgement
+
+    @property
+    def label(self) -> str:
+        return self.nodeid if self.index == 1 else f"{self.nodeid} (soak {self.index})"
+
+    @property
+    def section(self) -> str:
+        return SECTION if self.index == 1 else f"{SECTION} {self.index}"
+
+    def properties(self) -> list[tuple[str, object]]:
+        """The JUnit XML properties of this soak (``soak_...``, ``soak2_...``, ...)."""
+        v = self.verdict
+        prefix = "soak" if self.index == 1 else f"soak{self.index}"
+        props: list[tuple[str, object]] = [
+            ("status", v.status),
+            ("result", self.judgement.status),
+            ("cycles", v.cycles),
+            ("cycles_per_second", round(v.measured_cycles_per_second, 1)),
+            ("leak_channels", ",".join(v.leaking_channels)),
+            *((f"slope_{name}", ch.slope_per_cycle) for name, ch in v.channels.items()),
+        ]
+        if v.report_dir:
+            props.append(("report", v.report_dir))
+        return [(f"{prefix}_{name}", value) for name, value in props]
 
 
 class SoakFixture:
     """Callable: ``soak(cycle, cycles=..., warmup=..., thresholds=..., expect_leak=False, ...)``.
 
     Any other keyword is a setting of :func:`harness.soak`. Returns the
-    :class:`~harness.Verdict`; fails the test (with the verdict's summary) unless it is as
-    expected (:func:`harness.expect.judge`): bounded, or with ``expect_leak`` the expected leak
-    found (``True`` for any channel, a name or names for those channels). An undecided verdict
-    (still settling at ``max_cycles``) fails unless ``allow_undecided=True``.
+    :class:`~harness.Verdict`; fails the test unless it is as expected
+    (:func:`harness.expect.judge`): bounded, or with ``expect_leak`` the expected leak found
+    (``True`` for any channel, a name or names for those channels). An undecided verdict
+    (still settling at ``max_cycles``) fails unless ``allow_undecided=True``. Each soak is a
+    :class:`SoakRun` of the session: the report section, the status, the JUnit properties
+    and the summary are made from them.
     """
 
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
         self._runs = 0
-        self.verdicts: list[Verdict] = []
 
     def __call__(
         self,
@@ -167,12 +282,20 @@ class SoakFixture:
         return Path(root) / name
 
     def _judge(self, verdict: Verdict, expect: ExpectLeak, layer: Settings) -> Verdict:
+        """Judge the verdict, record it (a :class:`SoakRun` and the test's properties), and
+        fail the test with one line unless it is as expected."""
         from harness.expect import judge
 
-        self.verdicts.append(verdict)
         judgement = judge(verdict, expect, allow_undecided=bool(layer.allow_undecided))
+        node = self._request.node
+        runs = self._request.config.stash[_RUNS]
+        run = SoakRun(node.nodeid, len(_runs(self._request.config, node.nodeid)) + 1, verdict,
+                      judgement)  # fmt: skip
+        runs.append(run)
+        node.user_properties.extend(run.properties())
         if not judgement.ok:
-            pytest.fail(judgement.message, pytrace=False)
+            node.user_properties.append((_FAILURE, judgement.status))
+            pytest.fail(_headline(judgement), pytrace=False)
         return verdict
 
 
@@ -180,3 +303,49 @@ class SoakFixture:
 def soak(request: pytest.FixtureRequest) -> SoakFixture:
     """Soak a cycle or a scenario in this test; fails the test when memory grows."""
     return SoakFixture(request)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+_RUNS = pytest.StashKey[list[SoakRun]]()
+"""Every soak of the session, in order."""
+_FAILURE = "soak_failure"
+"""The user property of a test failed by a soak: the judgement's status."""
+
+
+def _runs(config: pytest.Config, nodeid: str) -> list[SoakRun]:
+    return [run for run in config.stash.get(_RUNS, []) if run.nodeid == nodeid]
+
+
+def _headline(judgement: Judgement) -> str:
+    """The one line a failed soak fails its test with; the details are in its section."""
+    return judgement.message.splitlines()[0].rstrip(":")
+
+
+def _summary_lines(runs: list[SoakRun]) -> list[str]:
+    """A line per soak (test, verdict, result, cycles, cycles/s), then its channels' slopes."""
+    from harness.analysis import format_quantity
+
+    head = ("test", "verdict", "result", "cycles", "cycles/s")
+    rows = [
+        (r.label, r.verdict.status, r.judgement.status, f"{r.verdict.cycles:,}",
+         f"{r.verdict.measured_cycles_per_second:,.0f}")
+        for r in runs
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
+
+    def line(row: tuple[str, ...]) -> str:
+        left = "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:3], widths[:3], strict=True))
+        right = "  ".join(f"{cell:>{w}}" for cell, w in zip(row[3:], widths[3:], strict=True))
+        return f"{left}  {right}"
+
+    lines = [line(head)]
+    for run, row in zip(runs, rows, strict=True):
+        lines.append(line(row))
+        slopes = [
+            f"{name} {format_quantity(ch.slope_per_cycle, ch.unit, signed=True)}/cycle"
+            + (f" {ch.kind.upper()}" if ch.leaking or ch.undecided else "")
+            for name, ch in run.verdict.channels.items()
+        ]
+        lines.append("    " + ", ".join(slopes))
+    return lines
