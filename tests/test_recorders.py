@@ -474,3 +474,28 @@ async def test_no_busy_loop_while_down(killable_redis: RedisServer) -> None:
     assert await recorder.flush(20)
     await recorder.close()
     await redis.aclose()
+
+
+async def test_wrapped_messages_are_recorded_with_their_real_text(r: Redis) -> None:
+    """A view-once image's caption and an edit's new text reach the records (and so the
+    webhooks made from them), not the wrappers' empty text."""
+    inbound = InboundRecorder(r, **FAST)
+    outbound = OutboundRecorder(r, **FAST)
+    sim = SimulatedTransport(name="rec-wrapped")
+    async with Client(sim, backoff=Backoff(0, 0, jitter=0)) as client:
+        inbound.attach(client)
+        outbound.attach(client)
+        await client.wait_for(ClientState.CONNECTED, timeout=10)
+        view_once = message_event("1555@s.whatsapp.net", "", id="V1")
+        view_once.Message.Clear()
+        view_once.Message.viewOnceMessageV2.message.imageMessage.caption = "see once"
+        await sim.emit(view_once)
+        sent = await client.send_text("1555@s.whatsapp.net", "typo")
+        edited = await client.edit(sent, "fixed")
+        await client.idle()
+        assert await inbound.flush(10) and await outbound.flush(10)
+        assert [e.text for e in await entries(r, inbound.stream)] == ["see once"]
+        assert [e.text for e in await entries(r, outbound.stream)] == ["typo", "fixed"]
+        assert edited.kind == "edit"
+    await inbound.close()
+    await outbound.close()

@@ -119,6 +119,8 @@ async def test_reply_react_edit_revoke_and_read(connected: Client) -> None:
     assert reaction.kind == "reaction" and reaction.text == "👍"
     assert removed.kind == "reaction" and removed.text == ""
     assert edited.method == "edit_message" and revoked.method == "revoke_message"
+    assert (edited.kind, edited.text) == ("edit", "better answer")  # not its wrapper's "other"
+    assert (revoked.kind, revoked.text) == ("revoke", "")
     assert sent == [reply, reaction, removed, edited, revoked]
     with pytest.raises(ValueError, match="chat presence"):
         await connected.send_chat_presence(CHAT, "dancing")  # type: ignore[arg-type]

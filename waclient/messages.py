@@ -8,8 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from neonize.proto import Neonize_pb2 as pb
+from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-__all__ = ["Chat", "jid_to_str", "message_kind", "message_ref", "message_text", "to_jid"]
+__all__ = [
+    "Chat",
+    "jid_to_str",
+    "message_kind",
+    "message_ref",
+    "message_text",
+    "to_jid",
+    "unwrap",
+]
 
 Chat = Any
 """A chat or user: a phone number (``"+1 555 000 0001"``), ``"user@server"``, or a JID proto."""
@@ -54,8 +63,6 @@ def message_ref(
 ) -> Any:
     """A ``Message`` event that names a message known only by its chat and id (a record, a
     webhook): enough to reply to, react to, mark read or revoke it."""
-    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
-
     chat_jid = to_jid(chat)
     source = pb.MessageSource(
         Chat=chat_jid,
@@ -76,19 +83,26 @@ def jid_to_str(jid: Any) -> str:
 
 
 def message_kind(message: Any) -> str:
-    """``text``, ``image``, ``video``, ``audio``, ``document``, ``sticker``, ``reaction``, ...
-    for a ``waE2E.Message`` (``other`` for the rest)."""
+    """``text``, ``image``, ``video``, ``audio``, ``document``, ``sticker``, ``reaction``,
+    ``edit``, ``revoke``, ... for a ``waE2E.Message`` (``other`` for the rest). Wrappers
+    (ephemeral, view-once, document with caption, sent from another device) are looked
+    through: a view-once image is an ``image``."""
+    message = unwrap(message)
     for field, kind in _KINDS:
         if field == "conversation":
             if message.conversation:
                 return kind
         elif message.HasField(field):
+            if field == "protocolMessage":
+                return _PROTOCOL_KINDS.get(message.protocolMessage.type, kind)
             return kind
     return "other"
 
 
 def message_text(message: Any) -> str:
-    """The text a person reads: the body of a text, the caption of media, a reaction's emoji."""
+    """The text a person reads: the body of a text, the caption of media, a reaction's emoji,
+    an edit's new text; through the same wrappers as :func:`message_kind`."""
+    message = unwrap(message)
     if message.conversation:
         return str(message.conversation)
     if message.HasField("extendedTextMessage"):
@@ -101,3 +115,34 @@ def message_text(message: Any) -> str:
     if message.HasField("protocolMessage") and message.protocolMessage.HasField("editedMessage"):
         return message_text(message.protocolMessage.editedMessage)
     return ""
+
+
+def unwrap(message: Any) -> Any:
+    """The message inside its wrappers: ephemeral, view-once (all three), document with
+    caption, edited (the protocol message that carries the edit), sent from another device."""
+    for _ in range(_MAX_WRAPPERS):
+        for field in _WRAPPERS:
+            if message.HasField(field):
+                message = getattr(message, field).message
+                break
+        else:
+            return message
+    return message
+
+
+_WRAPPERS = (
+    "ephemeralMessage",
+    "viewOnceMessage",
+    "viewOnceMessageV2",
+    "viewOnceMessageV2Extension",
+    "documentWithCaptionMessage",
+    "editedMessage",
+    "deviceSentMessage",
+)
+"""Fields of ``waE2E.Message`` that hold another message in their ``message`` field."""
+_MAX_WRAPPERS = 8
+"""Wrappers nest (an ephemeral view-once image); a message is never this deep."""
+_PROTOCOL_KINDS = {
+    e2e.ProtocolMessage.MESSAGE_EDIT: "edit",
+    e2e.ProtocolMessage.REVOKE: "revoke",
+}
