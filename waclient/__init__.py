@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
 from waclient.client import Backoff, Client, ClientState, NotConnectedError, StateChange
+from waclient.errors import WaclientError
 from waclient.handlers import (
     HandlerRegistry,
     ListenerLimitError,
@@ -48,6 +49,7 @@ __all__ = [
     "Subscription",
     "Transport",
     "TransportError",
+    "WaclientError",
 ]
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from waclient.errors import WaclientError
 from waclient.events import (
     TERMINAL_EVENTS,
     ClientOutdatedEv,
@@ -74,7 +75,7 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 
 
-class NotConnectedError(RuntimeError):
+class NotConnectedError(WaclientError, RuntimeError):
     """The client has no live connection for what was asked."""
 
 

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from waclient.errors import WaclientError
+
 __all__ = [
     "Handler",
     "HandlerRegistry",
@@ -41,11 +43,11 @@ and the library's own (``SentMessage`` after a send) or an application's.
 """
 
 
-class ListenerLimitError(RuntimeError):
+class ListenerLimitError(WaclientError, RuntimeError):
     """Raised in strict mode when a registration would pass the registry's max-listener limit."""
 
 
-class ScopeClosedError(RuntimeError):
+class ScopeClosedError(WaclientError, RuntimeError):
     """Raised when a handler is added to, or a child opened in, a scope that has ended."""
 
 

@@ -39,6 +39,8 @@ import warnings
 from collections.abc import Coroutine
 from typing import Any, ClassVar, Self, TypeVar
 
+from waclient.errors import WaclientError
+
 __all__ = ["Lifetime", "LifetimeError", "LifetimeState", "finish_regardless"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class LifetimeError(RuntimeError):
+class LifetimeError(WaclientError, RuntimeError):
     """A component was started twice, or started after it was closed."""
 
 

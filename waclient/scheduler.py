@@ -65,6 +65,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.asyncio import Redis
 
+from waclient.errors import WaclientError
 from waclient.lifetime import Lifetime
 
 __all__ = [
@@ -114,7 +115,7 @@ class SendPacer(Protocol):
     async def wait(self) -> None: ...
 
 
-class SchedulerError(ValueError):
+class SchedulerError(WaclientError, ValueError):
     """A scheduling request that cannot be accepted; the message says why in one line."""
 
 

@@ -26,12 +26,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from waclient.errors import WaclientError
+
 __all__ = ["AppendResult", "Spool", "SpoolClosedError"]
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL)"
 
 
-class SpoolClosedError(RuntimeError):
+class SpoolClosedError(WaclientError, RuntimeError):
     """The spool was closed."""
 
 

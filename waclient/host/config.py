@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from waclient.errors import WaclientError
 from waclient.memory import parse_size
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -43,7 +44,7 @@ def _size(value: Any) -> Any:
 Size = Annotated[int | None, BeforeValidator(_size)]
 
 
-class ConfigError(RuntimeError):
+class ConfigError(WaclientError, RuntimeError):
     """The environment does not make a valid configuration; the message says what to set."""
 
 

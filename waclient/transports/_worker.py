@@ -77,7 +77,7 @@ def serve(control_conn: Connection, events_conn: Connection, spec: WorkerSpec) -
         except Exception as exc:
             frame = control_frame("reply", request_id, False, _describe(exc))
         if len(frame) > spec.max_frame + FRAME_OVERHEAD:
-            failure = (False, _too_large(len(frame), spec.max_frame))
+            failure = (False, _too_large(len(frame), spec.max_frame), None)
             frame = control_frame("reply", request_id, False, failure)
         send(frame)
 
@@ -102,7 +102,7 @@ def serve(control_conn: Connection, events_conn: Connection, spec: WorkerSpec) -
         elif kind == "call":
             _, request_id, wire = message
             calls_pool.submit(reply, control_send, request_id, functools.partial(go.call, wire))
-        elif kind in ("emit", "disconnect"):
+        elif kind in ("emit", "disconnect", "fail", "heal"):
             job = functools.partial(go.debug, kind, *message[2:])
             debug_jobs.submit(reply, event_send, message[1], job)
         elif kind == "exit":
@@ -187,6 +187,11 @@ class SimulatedGo(GoSide):
             for _ in range(repeat):
                 for code, data in batch:
                     self.emit(code, data)
+        elif kind == "fail":
+            method, error, error_type = args
+            self.whatsapp.fail(method, error, error_type=error_type)
+        elif kind == "heal":
+            self.whatsapp.heal(*args)
         else:
             data = DisconnectedEv(status=True).SerializePartialToString()
             self.emit(event_code(DisconnectedEv), data)
@@ -204,11 +209,14 @@ def _sender(conn: Connection) -> Callable[[bytes], None]:
     return send
 
 
-def _describe(exc: Exception) -> tuple[bool, str]:
-    """(whether it is a CallError, the message) of a failed request."""
+def _describe(exc: Exception) -> tuple[bool, str, tuple[str, str | None, str] | None]:
+    """(whether it is a CallError, the message, and for a failed call what
+    :func:`~waclient.transports.failures.call_failed` rebuilds it from) of a failed request."""
+    if isinstance(exc, TransportError) and exc.method is not None:
+        return False, str(exc), (exc.method, exc.error_type, exc.detail)
     if isinstance(exc, calls.CallError | TransportError):
-        return isinstance(exc, calls.CallError), str(exc)
-    return False, f"{type(exc).__name__}: {exc}"
+        return isinstance(exc, calls.CallError), str(exc), None
+    return False, f"{type(exc).__name__}: {exc}", None
 
 
 def _too_large(size: int, limit: int) -> str:

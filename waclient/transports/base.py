@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from waclient.errors import WaclientError
 from waclient.events import Event
 
 __all__ = [
@@ -36,15 +37,27 @@ EventSink = Callable[[Event], None]
 once unless the client's memory inbox and its disk budget are both full; then it waits."""
 
 
-class TransportError(RuntimeError):
-    """A session could not start or a request failed; the message says why."""
+class TransportError(WaclientError, RuntimeError):
+    """A session could not start or a request failed; the message says why.
+
+    A failed call (:func:`waclient.transports.failures.call_failed`) also says which, and is
+    an instance of neonize's own error class for it when there is one."""
+
+    method: str | None = None
+    """The call that failed; None when the session failed."""
+    error_type: str | None = None
+    """The name of the exception's class on the Go side (``SendMessageError``, ...)."""
+    detail: str = ""
+    """What the Go side said."""
+    code: int | None = None
+    """WhatsApp's error number, when its server refused (``server returned error 463``)."""
 
 
 class PayloadTooLarge(TransportError):
     """A request or reply is larger than the transport's frame limit; nothing was sent."""
 
 
-class CallError(TypeError):
+class CallError(WaclientError, TypeError):
     """A call that cannot be made: an unknown or private method, or an argument that cannot
     cross to the Go side. Raised before anything is sent; the message names the method."""
 
@@ -126,4 +139,15 @@ class Simulating(Protocol):
 
     async def disconnect(self) -> None:
         """Disconnected, then the session ends."""
+        ...
+
+    async def fail(
+        self, method: str, error: str = "simulated failure", *, error_type: str | None = None
+    ) -> None:
+        """Every call of ``method`` fails with ``error`` (raised as neonize's ``error_type``
+        when given) until :meth:`heal`."""
+        ...
+
+    async def heal(self, method: str | None = None) -> None:
+        """Stop failing ``method`` (or every method)."""
         ...

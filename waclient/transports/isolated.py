@@ -58,6 +58,7 @@ from waclient.transports._wire import (
     WorkerSpec,
 )
 from waclient.transports.base import CallError, EventSink, PayloadTooLarge, TransportError
+from waclient.transports.failures import call_failed
 
 __all__ = ["IsolatedTransport", "WorkerStats"]
 
@@ -224,6 +225,20 @@ class IsolatedTransport(Lifetime):
         """Disconnected, then the session ends (the simulated worker's Go side stopped)."""
         self._simulated_only("disconnect")
         await self._request("disconnect")
+
+    async def fail(
+        self, method: str, error: str = "simulated failure", *, error_type: str | None = None
+    ) -> None:
+        """Have the simulated worker fail every call of ``method`` with ``error`` (raised there
+        as neonize's ``error_type`` when given) until :meth:`heal`."""
+        self._simulated_only("fail")
+        calls.check_method(method)
+        await self._request("fail", method, error, error_type)
+
+    async def heal(self, method: str | None = None) -> None:
+        """Stop failing ``method`` (or every method) in the simulated worker."""
+        self._simulated_only("heal")
+        await self._request("heal", method)
 
     # -- observability ----------------------------------------------------------------------
 
@@ -404,9 +419,11 @@ class IsolatedTransport(Lifetime):
                 if ok:
                     future.set_result(payload)
                 else:
-                    is_call_error, text = payload
-                    error = CallError if is_call_error else TransportError
-                    future.set_exception(error(text))
+                    is_call_error, text, failed = payload
+                    if failed is not None:
+                        future.set_exception(call_failed(*failed))
+                    else:
+                        future.set_exception((CallError if is_call_error else TransportError)(text))
         elif kind == "qr":
             self.latest_qr = message[1]
 

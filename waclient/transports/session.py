@@ -15,6 +15,7 @@ from typing import Any
 from waclient.events import SUPPORTED_EVENTS, Event, event_code, event_type
 from waclient.transports import calls
 from waclient.transports.base import TransportError
+from waclient.transports.failures import call_failed
 
 __all__ = ["NeonizeSession", "install_bridge"]
 
@@ -66,14 +67,15 @@ class NeonizeSession:
         self.client.stop()
 
     def call(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Call a public ``NewClient`` method; the Go side's errors become TransportError."""
+        """Call a public ``NewClient`` method; the Go side's errors become TransportError (and
+        stay neonize's class: :func:`~waclient.transports.failures.call_failed`)."""
         calls.check_method(method)
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except TypeError as exc:
             raise calls.CallError(f"{method}: {exc}") from exc
         except Exception as exc:
-            raise TransportError(f"{method} failed: {type(exc).__name__}: {exc}") from exc
+            raise call_failed(method, type(exc).__name__, str(exc)) from exc
 
 
 def install_bridge(neonize_client: Any, deliver: Callable[[Event], None]) -> None:

@@ -41,6 +41,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from waclient.events import Event, event_code
 from waclient.transports import calls
 from waclient.transports.base import EventSink, TransportError
+from waclient.transports.failures import call_failed
 from waclient.transports.session import install_bridge
 
 __all__ = [
@@ -230,6 +231,17 @@ class SimulatedTransport:
         await self._emit_to(session, (disconnected_event(),))
         session.ended.set()
 
+    async def fail(
+        self, method: str, error: str = "simulated failure", *, error_type: str | None = None
+    ) -> None:
+        """Every call of ``method`` fails with ``error`` until :meth:`heal`
+        (:meth:`SimulatedWhatsApp.fail`)."""
+        self.whatsapp.fail(method, error, error_type=error_type)
+
+    async def heal(self, method: str | None = None) -> None:
+        """Stop failing ``method`` (or every method)."""
+        self.whatsapp.heal(method)
+
     async def on_event_thread(self, job: Callable[[], T]) -> T:
         """Run ``job`` on the simulated Go side's event thread, after every event emitted so far
         (it waits while they wait for room in the client); its result or its exception."""
@@ -314,7 +326,7 @@ class SimulatedWhatsApp:
         """The last ``call_log`` calls: method and payload bytes."""
         self.call_count = 0
         self.me = _jid("15550000000")
-        self._failing: dict[str, str] = {}
+        self._failing: dict[str, tuple[str, str | None]] = {}
         self._ids = itertools.count(1)
         self._prefix = os.urandom(4).hex().upper()  # unique per instance: restarts never reuse
         self._media: OrderedDict[str, bytes] = OrderedDict()
@@ -322,10 +334,14 @@ class SimulatedWhatsApp:
         self._groups: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def fail(self, method: str, error: str = "simulated failure") -> None:
-        """Every call of ``method`` fails with ``error`` until :meth:`heal`."""
+    def fail(
+        self, method: str, error: str = "simulated failure", *, error_type: str | None = None
+    ) -> None:
+        """Every call of ``method`` fails with ``error`` until :meth:`heal`; raised on the Go
+        side as neonize's ``error_type`` (``"SendMessageError"``, ...) when given, as
+        neonize would (``error="server returned error 463"`` is WhatsApp's refusal)."""
         calls.check_method(method)
-        self._failing[method] = error
+        self._failing[method] = (error, error_type)
 
     def heal(self, method: str | None = None) -> None:
         """Stop failing ``method`` (or every method)."""
@@ -344,9 +360,10 @@ class SimulatedWhatsApp:
         with self._lock:
             self.call_count += 1
             self.calls.append((method, calls.payload_size(args)))
-        error = self._failing.get(method)
-        if error is not None:
-            raise TransportError(f"{method} failed: {error}")
+        failing = self._failing.get(method)
+        if failing is not None:
+            error, error_type = failing
+            raise call_failed(method, error_type, error)
         answerer = _ANSWERS.get(method)
         if answerer is not None:
             return answerer(self, *args, **kwargs)

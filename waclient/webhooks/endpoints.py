@@ -18,6 +18,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from waclient.errors import WaclientError
+
 from .events import parse_event_filter
 from .signing import generate_secret, parse_secret
 from .urls import check_url
@@ -25,7 +27,7 @@ from .urls import check_url
 __all__ = ["Endpoint", "EndpointStore", "TooManyEndpointsError", "static_endpoints"]
 
 
-class TooManyEndpointsError(RuntimeError):
+class TooManyEndpointsError(WaclientError, RuntimeError):
     """The store already holds its maximum number of endpoints."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from waclient.errors import WaclientError
 from waclient.messages import jid_to_str
 from waclient.recorders import MessageRecord, RecorderOutage
 
@@ -59,7 +60,7 @@ _MS_THRESHOLD = 10**11
 _FILTER_ITEM = re.compile(r"[a-z_]+\.(\*|[a-z_]+)")
 
 
-class EventFilterError(ValueError):
+class EventFilterError(WaclientError, ValueError):
     """An event filter names a type that does not exist."""
 
 

@@ -21,6 +21,8 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from waclient.errors import WaclientError
+
 __all__ = [
     "SECRET_PREFIX",
     "SecretError",
@@ -36,7 +38,7 @@ MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 64
 
 
-class SecretError(ValueError):
+class SecretError(WaclientError, ValueError):
     """A webhook secret is not ``whsec_<base64>`` of 16 to 64 bytes."""
 
 

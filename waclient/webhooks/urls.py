@@ -17,12 +17,14 @@ import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from waclient.errors import WaclientError
+
 __all__ = ["PinnedURL", "WebhookURLError", "check_url", "parse_url", "pin_url", "refused_address"]
 
 MAX_URL_LENGTH = 2048
 
 
-class WebhookURLError(ValueError):
+class WebhookURLError(WaclientError, ValueError):
     """The URL may not receive webhooks; the message says why."""
 
 
