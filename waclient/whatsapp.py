@@ -272,6 +272,13 @@ class WhatsApp:
 
     # -- the account --------------------------------------------------------------------------
 
+    async def pair_phone(self, phone: str) -> str:
+        """The code that links this session to ``phone``'s account without a QR code: type it
+        on the phone (WhatsApp > Linked devices > Link with phone number instead). The session
+        must be running and not yet paired; QR codes arrive as ``QREv`` events
+        (:mod:`waclient.pairing`)."""
+        return str(await self.call("PairPhone", to_jid(phone).User, True))
+
     async def logout(self) -> None:
         """Unlink this device from the account; the session must be paired again."""
         await self.call("logout")

@@ -140,7 +140,6 @@ class NeonizeGo(GoSide):
             spec.database,
             name=spec.name,
             proxy=spec.proxy,
-            on_qr=lambda data: control("qr", data),
             deliver_raw=emit,
         )
 

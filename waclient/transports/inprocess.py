@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from waclient.events import Event
+from waclient.pairing import qr_code
 from waclient.transports import calls
 from waclient.transports.base import EventSink, TransportError
 from waclient.transports.session import NeonizeSession
@@ -57,9 +58,7 @@ class NeonizeTransport:
         self.max_in_flight = max_in_flight
         self._sink: EventSink | None = None
         self._late_events = 0
-        self._session = NeonizeSession(
-            self.database, name=name, proxy=proxy, on_qr=self._on_qr, deliver=self._deliver
-        )
+        self._session = NeonizeSession(self.database, name=name, proxy=proxy, deliver=self._deliver)
         self._running = threading.Event()
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._executor: ThreadPoolExecutor | None = None
@@ -115,14 +114,13 @@ class NeonizeTransport:
     # -- helpers ----------------------------------------------------------------------------
 
     def _deliver(self, event: Event) -> None:
+        if (qr := qr_code(event)) is not None:
+            self.latest_qr = qr
         sink = self._sink
         if sink is None:
             self._late_events += 1
             return
         sink(event)
-
-    def _on_qr(self, data: str) -> None:
-        self.latest_qr = data
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

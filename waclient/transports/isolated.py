@@ -6,10 +6,10 @@ process (:mod:`waclient.transports._worker`): the Go side's events travel to thi
 ``(event code, protobuf bytes)`` and are decoded here with the same neonize types; every call is
 a request to the worker, its arguments and result in the wire form of
 :mod:`waclient.transports.calls`. Two socket pairs join the processes: the *event* socket
-carries the session's events and its end, in order; the *control* socket carries requests,
-their replies, heartbeats and QR codes. A reply never waits behind events: a handler that
-calls back into the client gets its answer whatever the events do, even while a burst has
-filled the client's inbox (docs/design.md, "Flow control").
+carries the session's events (QR codes among them, as ``QREv``) and its end, in order; the
+*control* socket carries requests, their replies and heartbeats. A reply never waits behind
+events: a handler that calls back into the client gets its answer whatever the events do, even
+while a burst has filled the client's inbox (docs/design.md, "Flow control").
 
 Between connection attempts the worker is recycled (asked to exit, then a new one started) when
 one more attempt could take its RSS past ``rss_budget``, when it holds ``max_worker_fds``
@@ -49,6 +49,7 @@ import psutil
 
 from waclient.events import Event, event_code, event_type
 from waclient.lifetime import Lifetime, LifetimeError
+from waclient.pairing import qr_code
 from waclient.transports import calls
 from waclient.transports._wire import (
     CODE,
@@ -424,8 +425,6 @@ class IsolatedTransport(Lifetime):
                         future.set_exception(call_failed(*failed))
                     else:
                         future.set_exception((CallError if is_call_error else TransportError)(text))
-        elif kind == "qr":
-            self.latest_qr = message[1]
 
     def _on_exit(self, worker: _Worker) -> None:
         """The control socket has closed: the worker is gone. Requests in flight fail now; the
@@ -464,11 +463,14 @@ class IsolatedTransport(Lifetime):
     def _deliver(self, code: int, data: bytes) -> None:
         """On the event reader thread: decode with neonize's types and hand to the sink (which
         waits only while the client's memory and disk budgets are both full)."""
+        event = event_type(code).FromString(data)
+        if (qr := qr_code(event)) is not None:
+            self.latest_qr = qr
         sink = self._sink
         if sink is None:
             self.late_events += 1
             return
-        sink(event_type(code).FromString(data))
+        sink(event)
 
 
 class _Worker:
@@ -593,7 +595,7 @@ class _Worker:
     # -- the reader threads ---------------------------------------------------------------
 
     def _read_control(self) -> None:
-        """Replies, heartbeats, QR codes: handed to the loop at once, never behind an event."""
+        """Replies and heartbeats: handed to the loop at once, never behind an event."""
         for frame in self._frames(self.control):
             self.last_seen = time.monotonic()
             self._to_loop(self.owner._on_control, self, pickle.loads(frame[1:]))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from waclient.events import SUPPORTED_EVENTS, Event, event_code, event_type
+from waclient.pairing import qr_event
 from waclient.transports import calls
 from waclient.transports.base import TransportError
 from waclient.transports.failures import call_failed
@@ -35,7 +36,6 @@ class NeonizeSession:
         *,
         name: str,
         proxy: str | None,
-        on_qr: Callable[[str], None],
         deliver: Callable[[Event], None] | None = None,
         deliver_raw: RawSink | None = None,
     ) -> None:
@@ -45,13 +45,21 @@ class NeonizeSession:
 
         self.proxy = proxy
         self.client = NewClient(database, uuid=name)
-        self.client.event.qr(lambda _c, data: on_qr(data.decode(errors="replace")))
         if deliver is not None:
             install_bridge(self.client, deliver)
+            deliver_qr = deliver
         else:
             assert deliver_raw is not None
             install_bridge(self.client, lambda _event: None)  # subscribes the event codes
             _forward_raw(self.client, deliver_raw)
+            raw = deliver_raw
+
+            def deliver_qr(event: Event) -> None:
+                raw(event_code(type(event)), event.SerializeToString())
+
+        # neonize hands QR codes to a callback of their own (and prints them): here each one is
+        # a QREv event, delivered as every other event is.
+        self.client.event.qr(lambda _c, data: deliver_qr(qr_event(data.decode(errors="replace"))))
 
     def run_blocking(self) -> None:
         """Connect and block until the Go side stops; :class:`TransportError` if it could not."""

@@ -39,6 +39,7 @@ from neonize.proto import Neonize_pb2 as pb
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from waclient.events import Event, event_code
+from waclient.pairing import qr_code
 from waclient.transports import calls
 from waclient.transports.base import EventSink, TransportError
 from waclient.transports.failures import call_failed
@@ -268,6 +269,8 @@ class SimulatedTransport:
             self._target = None
 
     def _to_target(self, event: Event) -> None:
+        if (qr := qr_code(event)) is not None:
+            self.latest_qr = qr
         target = self._target
         if target is not None:
             target(event)
