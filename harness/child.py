@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -29,13 +30,26 @@ from typing import Any
 
 from harness.analysis import Verdict
 from harness.config import Settings
+from harness.ending import end_group, leader_exited
 from harness.errors import CycleTimeout, SoakError, UsageError
 from harness.model import Progress
 
-__all__ = ["CHILD_KILL_GRACE", "SubprocessResult", "child_main", "run_in_subprocess"]
+__all__ = [
+    "CHILD_EXIT_GRACE",
+    "CHILD_KILL_GRACE",
+    "RESULT_EXIT_GRACE",
+    "SubprocessResult",
+    "child_main",
+    "run_in_subprocess",
+]
 
 CHILD_KILL_GRACE = 30.0
 """Seconds past ``timeout`` before the parent kills a child that did not stop by itself."""
+CHILD_EXIT_GRACE = 3.0
+"""Seconds the scenario process's interpreter may take to shut down after it sent its result
+(join its non-daemon threads, run atexit); past them it exits at once (``os._exit``)."""
+RESULT_EXIT_GRACE = 10.0
+"""Seconds the parent gives the scenario process to exit after its result; then it kills it."""
 
 
 @dataclass
@@ -55,6 +69,9 @@ class SubprocessResult:
     ScenarioError, crash, timeout."""
     stacks: dict[str, list[str]] = field(default_factory=dict)
     """After a stall (CycleTimeout): where the cycle, every task and every thread waited."""
+    notes: list[str] = field(default_factory=list)
+    """What ending the scenario process took beyond its own exit (threads it did not wait
+    for, processes killed); in the verdict's notes too when there is one."""
 
 
 def run_in_subprocess(
@@ -73,8 +90,15 @@ def run_in_subprocess(
     environment and current directory (so ``MODULE`` imports as it would here) plus the
     directory holding ``harness`` on PYTHONPATH. Its output goes to a log file
     (``scenario.log`` in the report directory, else a temporary file), never to the terminal;
-    progress comes back over a pipe. Past ``timeout`` the child stops itself; if it does not
-    within :data:`CHILD_KILL_GRACE` seconds its process group is killed.
+    progress comes back over a pipe.
+
+    It always ends, and leaves no process behind: the child runs in its own process group;
+    past its run's ``timeout`` it stops itself, and if it does not within
+    :data:`CHILD_KILL_GRACE` seconds the group is killed; after its result it exits within
+    :data:`CHILD_EXIT_GRACE` seconds whatever threads it leaked, else it is killed
+    :data:`RESULT_EXIT_GRACE` seconds after the result; whatever is left in its group then is
+    killed too (noted in :attr:`SubprocessResult.notes`); and if this call is interrupted
+    (KeyboardInterrupt, any exception) the group is ended before it propagates.
     """
     layer = Settings.of(**options).over(settings or Settings())
     report_dir = layer.report_dir
@@ -90,7 +114,6 @@ def run_in_subprocess(
         sys.executable, "-m", "harness", "_child", spec, "--result", str(result_path),
         "--progress-fd", str(write_fd), "--settings", layer.to_json(),
     ]  # fmt: skip
-    messages: list[dict[str, Any]] = []
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             args,
@@ -102,24 +125,38 @@ def run_in_subprocess(
             start_new_session=True,
         )
     os.close(write_fd)
-    timeout = layer.timeout
-    hard_deadline = (time.monotonic() + timeout + CHILD_KILL_GRACE) if timeout else math.inf
+    watch = _Watch(proc, on_progress, layer.timeout)
     try:
-        killed = _pump_child(proc, read_fd, messages, on_progress, hard_deadline)
+        ended = watch.pump(read_fd)
     except BaseException:
-        _kill_group(proc)
+        end_group(proc, term_grace=5.0)
         raise
     finally:
         os.close(read_fd)
-    code = proc.wait()
+    if ended == "lingered":
+        watch.notes.append(
+            f"the scenario process did not exit within {RESULT_EXIT_GRACE:g} s of its result"
+            f"{watch.alive_after_result()}: killed"
+        )
+    watch.notes += end_group(proc, term_grace=5.0 if ended == "timeout" else None)
+    code = proc.returncode if ended != "lingered" else watch.result_code()
     try:
         verdict = Verdict.load(result_path) if result_path.exists() else None
     except ValueError:
         verdict = None
+    if verdict is not None and watch.notes:
+        verdict.notes += watch.notes
+        if report_dir is not None and (Path(report_dir) / "verdict.json").exists():
+            (Path(report_dir) / "verdict.json").write_text(verdict.to_json(), encoding="utf-8")
+    if watch.notes and log_path.exists():
+        with open(log_path, "a", encoding="utf-8") as log_file:
+            log_file.writelines(f"harness: {note}\n" for note in watch.notes)
     if report_dir is not None or code in (0, 1, 3):
         shutil.rmtree(tmp, ignore_errors=True)  # keeps the log of a failed run without a report
     log_name = str(log_path) if log_path.exists() else None
-    return _result(code, verdict, messages, killed, timeout, log_name)
+    result = _result(code, verdict, watch.messages, ended == "timeout", watch.timeout, log_name)
+    result.notes = watch.notes
+    return result
 
 
 def _result(
@@ -133,7 +170,7 @@ def _result(
     if killed:
         last = max((int(m.get("done", 0)) for m in messages if m.get("event") == "tick"), default=0)
         return SubprocessResult(
-            2, None, f"timed out after {timeout:g} s (the scenario did not stop; killed it "
+            2, None, f"timed out after {timeout or 0:g} s (the scenario did not stop; killed it "
             f"near cycle {last})", log_name, "timeout",
         )  # fmt: skip
     errors = [m for m in messages if m.get("event") == "error"]
@@ -170,74 +207,121 @@ def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
     return child_env
 
 
-def _pump_child(
-    proc: subprocess.Popen[bytes],
-    fd: int,
-    messages: list[dict[str, Any]],
-    on_progress: Progress | None,
-    hard_deadline: float,
-) -> bool:
-    """Relay the child's progress until it exits; kill it past the deadline. True if killed."""
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    buf = b""
-    open_ = True
-    try:
-        while True:
-            if time.monotonic() > hard_deadline:
-                _kill_group(proc)
-                return True
-            if open_ and sel.select(timeout=0.2):
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    open_ = False
-                    sel.unregister(fd)
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    _relay(line, messages, on_progress)
-            elif not open_:
-                try:
-                    proc.wait(timeout=0.2)
-                    return False
-                except subprocess.TimeoutExpired:
-                    continue
-            if proc.poll() is not None and not open_:
-                return False
-    finally:
-        sel.close()
+class _Watch:
+    """The parent's watch over a running child: its messages, its deadlines, what it did."""
 
+    def __init__(
+        self, proc: subprocess.Popen[bytes], on_progress: Progress | None, timeout: float | None
+    ) -> None:
+        self.proc = proc
+        self.on_progress = on_progress
+        self.messages: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        # Until the child says which timeout its run has (the scenario's own may be longer),
+        # the layer's or the default one bounds it, its import of the scenario included.
+        self.timeout = _effective(timeout)
+        self.deadline = _deadline(self.timeout)
+        self.result_at: float | None = None
+        self.exiting: dict[str, Any] = {}
 
-def _relay(line: bytes, messages: list[dict[str, Any]], on_progress: Progress | None) -> None:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        return
-    if msg.get("event") == "tick" and messages and messages[-1].get("event") == "tick":
-        messages[-1] = msg  # keep only the latest tick
-    else:
-        messages.append(msg)
-    if on_progress is not None and msg.get("event") in ("tick", "phase"):
-        on_progress(str(msg.get("phase")), int(msg.get("done", 0)), int(msg.get("total", 0)))
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the child's process group (it tears down), SIGKILL after a grace."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+    def pump(self, fd: int) -> str:
+        """Relay the child's progress until it exits: "exited"; or kill-worthy: "timeout"
+        (past its deadline), "lingered" (alive :data:`RESULT_EXIT_GRACE` s after its result).
+        """
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        buf, open_ = b"", True
         try:
-            proc.wait(timeout=wait)
+            while True:
+                now = time.monotonic()
+                if now > self.deadline:
+                    return "timeout"
+                if self.result_at is not None and now > self.result_at + RESULT_EXIT_GRACE:
+                    return "lingered"
+                if open_ and sel.select(timeout=0.2):
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        open_ = False
+                        sel.unregister(fd)
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        self._relay(line)
+                elif not open_:
+                    time.sleep(0.05)
+                # Exited, even if the pipe is still open (a process it forked holds it).
+                if leader_exited(self.proc):
+                    if open_:
+                        self._drain(sel, fd, buf)
+                    return "exited"
+        finally:
+            sel.close()
+
+    def _drain(self, sel: selectors.BaseSelector, fd: int, buf: bytes) -> None:
+        """What the exited child wrote last, without waiting for an EOF that may not come."""
+        while sel.select(timeout=0):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+        for line in buf.split(b"\n"):
+            self._relay(line)
+
+    def _relay(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
             return
-        except subprocess.TimeoutExpired:
-            continue
+        if not isinstance(msg, dict):
+            return
+        event = msg.get("event")
+        if event == "start":
+            timeout = msg.get("timeout")
+            self.timeout = float(timeout) if isinstance(timeout, (int, float)) else None
+            self.deadline = _deadline(self.timeout)
+            return
+        if event == "note":
+            self.notes.append(str(msg.get("note", "")))
+            return
+        if event == "exiting":
+            self.exiting = msg
+            self.result_at = time.monotonic()
+            return
+        if event == "tick" and self.messages and self.messages[-1].get("event") == "tick":
+            self.messages[-1] = msg  # keep only the latest tick
+        else:
+            self.messages.append(msg)
+        if self.on_progress is not None and event in ("tick", "phase"):
+            done, total = int(msg.get("done", 0)), int(msg.get("total", 0))
+            self.on_progress(str(msg.get("phase")), done, total)
+
+    def alive_after_result(self) -> str:
+        threads = self.exiting.get("threads")
+        return f" ({int(threads):,} non-daemon threads alive)" if threads else ""
+
+    def result_code(self) -> int:
+        """The exit status the child announced with its result (it was killed before it)."""
+        return int(self.exiting.get("code", 2))
+
+
+def _effective(timeout: float | None) -> float | None:
+    if timeout is None:
+        return Settings.DEFAULT_TIMEOUT
+    return None if math.isinf(timeout) else timeout
+
+
+def _deadline(timeout: float | None) -> float:
+    return time.monotonic() + timeout + CHILD_KILL_GRACE if timeout else math.inf
 
 
 # -- the child's side ------------------------------------------------------------------------------
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """``python -m harness _child SPEC ...``: run one soak, report over the progress pipe."""
+    """``python -m harness _child SPEC ...``: run one soak, report over the progress pipe.
+
+    After the result is sent the process ends within :data:`CHILD_EXIT_GRACE` seconds
+    (:func:`_exit_soon`), whatever threads the cycles left running."""
     import argparse
 
     p = argparse.ArgumentParser(prog="harness _child")
@@ -250,12 +334,22 @@ def child_main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    code = _soak(a.spec, a.settings, Path(a.result), pipe)
+    _exit_soon(code, pipe)
+    return code
+
+
+def _soak(spec: str, settings: str, result: Path, pipe: _Pipe) -> int:
+    """Run the soak, write the verdict to ``result``, say so on the pipe; the exit status."""
     try:
+        from harness.config import configure
         from harness.engine import soak
         from harness.scenarios import resolve
 
-        layer = Settings.from_json(a.settings)
-        verdict = soak(resolve(a.spec), settings=layer, progress=pipe.progress)
+        layer = Settings.from_json(settings)
+        sc = resolve(spec)
+        pipe.send({"event": "start", "timeout": configure(sc.name, sc.settings, layer).timeout})
+        verdict = soak(sc, settings=layer, progress=pipe.progress)
     except BaseException as exc:
         kind = (
             "usage" if isinstance(exc, UsageError)
@@ -270,9 +364,47 @@ def child_main(argv: Sequence[str]) -> int:
         if isinstance(exc, CycleTimeout):
             _print_stacks(exc)
         return 2
-    Path(a.result).write_text(verdict.to_json(), encoding="utf-8")
+    result.write_text(verdict.to_json(), encoding="utf-8")
     pipe.send({"event": "phase", "phase": "done", "done": verdict.cycles, "total": verdict.cycles})
     return verdict.exit_code
+
+
+def _exit_soon(code: int, pipe: _Pipe) -> None:
+    """Make sure this process exits ``code`` within :data:`CHILD_EXIT_GRACE` seconds.
+
+    The result is written and memray's capture closed by now. The interpreter's shutdown
+    waits for every non-daemon thread, and a cycle that leaked some (a thread per cancelled
+    connection, say) would keep it alive for ever; so a daemon timer ends the process
+    (``os._exit``, after flushing the log) if shutdown has not finished by then, and says so
+    on the pipe. A clean process shuts down normally (atexit handlers run)."""
+    threads = _non_daemon_threads()
+    pipe.send({"event": "exiting", "code": code, "threads": len(threads)})
+
+    def end_now() -> None:
+        alive = _non_daemon_threads()
+        names = ", ".join(t.name for t in alive[:3]) + (", ..." if len(alive) > 3 else "")
+        waited = (
+            f" ({len(alive):,} non-daemon threads alive: {names}): it exited without waiting "
+            "for them" if alive else " (its shutdown hung): it exited at once"
+        )  # fmt: skip
+        pipe.send({"event": "note", "note": (
+            f"the scenario process had not exited {CHILD_EXIT_GRACE:g} s after its result{waited}"
+        )})  # fmt: skip
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pipe.close()
+        os._exit(code)
+
+    timer = threading.Timer(CHILD_EXIT_GRACE, end_now)
+    timer.name = "harness-exit"
+    timer.daemon = True
+    timer.start()
+
+
+def _non_daemon_threads() -> list[threading.Thread]:
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if not t.daemon and t is not main and t.is_alive()]
 
 
 def _print_stacks(exc: CycleTimeout) -> None:
@@ -293,8 +425,13 @@ class _Pipe:
 
     def send(self, msg: dict[str, Any]) -> None:
         if self.out is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 self.out.write(json.dumps(msg) + "\n")
+
+    def close(self) -> None:
+        if self.out is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.out.close()
 
     def progress(self, phase: str, done: int, total: int) -> None:
         now = time.monotonic()

@@ -28,12 +28,16 @@ Exit 0 when every scenario is as expected.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from harness.config import Settings
@@ -82,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _run_options(p)
     p.add_argument("--json", help="write the verdict JSON here")
     p.add_argument("--report", help="write the report (HTML, PNG, flame graph) here")
-    p.add_argument("--timeout", type=float, help="stop the run after this many seconds")
+    p.add_argument("--timeout", type=float,
+                   help="stop the run after this many seconds (default: the scenario's, else "
+                   f"{Settings.DEFAULT_TIMEOUT:,.0f}; inf: none)")  # fmt: skip
     p.add_argument("--cycle-timeout", type=float, metavar="S",
                    help="a cycle running over S seconds ends the soak (exit 2)")  # fmt: skip
     p.add_argument(
@@ -119,12 +125,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             "soak": _soak, "scenarios": _scenarios, "report": _report, "compare": _compare,
             "suite": _suite,
         }[a.command]  # fmt: skip
-        return command(a)
-    except KeyboardInterrupt:
-        return _fail("interrupted")
+        with _sigterm_interrupts():
+            return command(a)
+    except KeyboardInterrupt as exc:
+        return _fail("terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted")
     except BrokenPipeError:  # `python -m harness ... | head`: the reader went away
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return _fail("standard output was closed before everything was written")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the CLI is, so a scenario process it runs is ended first."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts like Ctrl-C (its default would end this process at once and leave
+    the scenario process running); the previous handler afterwards. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_options(p: argparse.ArgumentParser, *, cycles: bool = True) -> None:

@@ -31,6 +31,9 @@ class Settings:
     """Options one layer sets; ``None`` means "not set here"."""
 
     DEFAULT_CYCLES: ClassVar[int] = 2000
+    DEFAULT_TIMEOUT: ClassVar[float] = 3600.0
+    """Seconds a run may take when nobody says (an hour: 8,000 cycles of 0.4 s, the default
+    ``max_cycles``); ``inf`` for no deadline."""
 
     cycles: int | None = None
     """Cycles decided on: the warm-up plus the measured cycles (default 2,000)."""
@@ -47,7 +50,8 @@ class Settings:
     native_traces: bool | None = None
     trace_python_allocators: bool | None = None
     timeout: float | None = None
-    """Seconds the whole run may take (setup, cycles, analysis); past it: SoakTimeout."""
+    """Seconds the whole run may take (setup, cycles, analysis); past it: SoakTimeout
+    (default :attr:`DEFAULT_TIMEOUT`; ``inf``: none)."""
     cycle_timeout: float | None = None
     """Seconds one cycle may take; past it the soak ends with CycleTimeout (a stall)."""
     confidence: float | None = None
@@ -199,7 +203,7 @@ def configure(name: str, *layers: Settings) -> Config:
         trace_python_allocators=True
         if s.trace_python_allocators is None
         else bool(s.trace_python_allocators),
-        timeout=None if s.timeout is None else float(s.timeout),
+        timeout=_timeout(s.timeout),
         cycle_timeout=None if s.cycle_timeout is None else float(s.cycle_timeout),
         confidence=confidence,
         sample_every=s.sample_every,
@@ -210,3 +214,11 @@ def configure(name: str, *layers: Settings) -> Config:
         report_dir=None if s.report_dir is None else Path(s.report_dir),
         baseline=None if s.baseline is None else Path(s.baseline),
     )
+
+
+def _timeout(value: float | None) -> float | None:
+    """The run's deadline in seconds: :attr:`Settings.DEFAULT_TIMEOUT` unless set, None for
+    ``inf`` (asked for no deadline)."""
+    if value is None:
+        return Settings.DEFAULT_TIMEOUT
+    return None if math.isinf(value) else float(value)

@@ -162,7 +162,7 @@ def heap_probe(threshold: float | None = None) -> Probe | None:
     lists, milliseconds on a fragmented heap; the sampler reads it less often then. Memory
     mapped by other allocators (Go's, pymalloc's arenas) is not in it: see rss.
     """
-    from waclient.memory import c_heap_in_use
+    from waclient.heap import c_heap_in_use
 
     if c_heap_in_use() is None:
         return None

@@ -45,8 +45,9 @@ def test_the_isolated_parent_never_loads_the_go_core(tmp_path: Path) -> None:
 
 def test_the_full_package_still_works_after_the_deferred_import() -> None:
     code = (
-        "import waclient, neonize; from waclient._neonize import go_core_loaded; "
-        "assert not go_core_loaded(); from neonize import NewClient, __version__; "
+        "from waclient import Client; import neonize; "
+        "from waclient._neonize import go_core_loaded; assert not go_core_loaded(); "
+        "from neonize import NewClient, __version__; "
         "assert go_core_loaded() and __version__ == '0.5.2' and neonize.NewClient is NewClient"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

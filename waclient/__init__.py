@@ -1,32 +1,39 @@
-"""waclient: a WhatsApp client on neonize whose handlers, buffers and reconnects stay bounded."""
+"""waclient: a WhatsApp client on neonize whose handlers, buffers and reconnects stay bounded.
+
+Importing the package imports nothing else: each name below is imported from its module on
+first use (PEP 562), so ``import waclient.heap`` (the soak harness's heap reader) costs a
+process nothing, while ``from waclient import Client`` loads the WhatsApp stack as before. The
+modules that import neonize (``waclient.events``, ``messages``, ``whatsapp``, ``transports``)
+first run :func:`waclient._neonize.install` (its protobufs without its Go core).
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
-from waclient.client import Backoff, Client, ClientState, NotConnectedError, StateChange
-from waclient.errors import WaclientError
-from waclient.handlers import (
-    HandlerRegistry,
-    ListenerLimitError,
-    Scope,
-    ScopeClosedError,
-    Subscription,
-)
-from waclient.transports import (
-    CallError,
-    IsolatedTransport,
-    Pairing,
-    PayloadTooLarge,
-    SentMessage,
-    Simulating,
-    Transport,
-    TransportError,
-)
-
 if TYPE_CHECKING:
-    from waclient.transports import NeonizeTransport, SimulatedTransport
+    from waclient.client import Backoff, Client, ClientState, NotConnectedError, StateChange
+    from waclient.errors import WaclientError
+    from waclient.handlers import (
+        HandlerRegistry,
+        ListenerLimitError,
+        Scope,
+        ScopeClosedError,
+        Subscription,
+    )
+    from waclient.transports import (
+        CallError,
+        IsolatedTransport,
+        NeonizeTransport,
+        Pairing,
+        PayloadTooLarge,
+        SentMessage,
+        SimulatedTransport,
+        Simulating,
+        Transport,
+        TransportError,
+    )
 
 __all__ = [
     "Backoff",
@@ -52,11 +59,28 @@ __all__ = [
     "WaclientError",
 ]
 
+_HOME = {
+    **dict.fromkeys(
+        ("Backoff", "Client", "ClientState", "NotConnectedError", "StateChange"), "waclient.client"
+    ),
+    **dict.fromkeys(
+        ("HandlerRegistry", "ListenerLimitError", "Scope", "ScopeClosedError", "Subscription"),
+        "waclient.handlers",
+    ),
+    "WaclientError": "waclient.errors",
+}
+"""Where each exported name lives; the rest of ``__all__`` is in ``waclient.transports`` (whose
+``NeonizeTransport`` and ``SimulatedTransport`` load neonize's Go core, so are themselves
+imported on first use: the isolated parent never needs them)."""
+
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: they load neonize's Go core, which the isolated parent never needs.
-    if name in ("NeonizeTransport", "SimulatedTransport"):
-        from waclient import transports
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME.get(name, "waclient.transports")), name)
+    globals()[name] = value
+    return value
 
-        return getattr(transports, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,11 +3,13 @@
 ``import neonize`` (any submodule: the package's ``__init__`` imports its client) loads the Go
 core, about 55 MiB of RSS. The parent of an :class:`~waclient.transports.IsolatedTransport`
 only decodes protobufs (``neonize.proto``, ``neonize.events``) and never calls Go. So, unless
-neonize is imported already, importing waclient registers neonize's package without running
-its ``__init__``: its submodules import as usual through the package path, and the ``__init__``
-runs on the first use of a name it defines (``from neonize import NewClient``), so nothing that
-needs the full package notices. Only code that uses the Go core (``neonize.client``: the
-in-process and simulated transports, the worker) loads it.
+neonize is imported already, waclient's modules that import neonize (``waclient.events``,
+``messages``, ``whatsapp``, ``transports``: whatever ``from waclient import Client`` loads)
+first register neonize's package without running its ``__init__``: its submodules import as
+usual through the package path, and the ``__init__`` runs on the first use of a name it defines
+(``from neonize import NewClient``), so nothing that needs the full package notices. Only code
+that uses the Go core (``neonize.client``: the in-process and simulated transports, the worker)
+loads it. ``import waclient`` alone imports nothing (its names load on first use).
 """
 
 from __future__ import annotations

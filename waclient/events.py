@@ -8,6 +8,10 @@ type.
 
 from __future__ import annotations
 
+import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
+
+# isort: split
+
 from typing import Final, TypeAlias
 
 from google.protobuf.message import Message as ProtoMessage

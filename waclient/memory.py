@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import functools
 import gc
 import logging
 import math
@@ -44,6 +42,7 @@ from typing import Any, Literal, Protocol
 
 import psutil
 
+from waclient.heap import c_heap_in_use, release_free_memory
 from waclient.lifetime import Lifetime
 
 __all__ = [
@@ -295,62 +294,6 @@ def process_memory(pid: int | None = None, *, pss: bool = True) -> ProcessMemory
         return ProcessMemory(proc.pid, int(proc.memory_info().rss))
     except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
         return None
-
-
-def release_free_memory() -> bool:
-    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``: every arena,
-    the middle of each heap included); False where there is no such call (not glibc).
-
-    Measured: 0.4 ms in a 77 MiB process with a fragmented heap, 15 ms in a 400 MiB one; the
-    pages come back (zeroed, page-faulted) when malloc hands them out again."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
-def c_heap_in_use() -> int | None:
-    """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``: ``uordblks``
-    plus ``hblkhd``, every arena), or None where there is no such call (not glibc).
-
-    Unlike RSS it does not count what the allocator keeps resident after frees. It walks the
-    free lists: milliseconds on a fragmented heap."""
-    info = _mallinfo2()
-    if info is None:
-        return None
-    got = info()
-    return int(got.uordblks + got.hblkhd)
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
-def _mallinfo2() -> Callable[[], _MallInfo2] | None:
-    return _libc_function("mallinfo2", (), _MallInfo2)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    return _libc_function("malloc_trim", (ctypes.c_size_t,), ctypes.c_int)
-
-
-@functools.cache
-def _libc_function(name: str, argtypes: tuple[Any, ...], restype: Any) -> Callable[..., Any] | None:
-    """glibc's ``name`` with its C signature, or None where the C library has no such call."""
-    try:
-        fn: Any = getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = list(argtypes)
-    fn.restype = restype
-    return fn  # type: ignore[no-any-return]
 
 
 def _fd_count() -> int:

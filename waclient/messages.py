@@ -5,6 +5,10 @@ Nothing here loads neonize's Go core: only its protobuf types.
 
 from __future__ import annotations
 
+import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
+
+# isort: split
+
 from typing import Any
 
 from neonize.proto import Neonize_pb2 as pb

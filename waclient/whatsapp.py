@@ -11,6 +11,10 @@ are a received ``MessageEv`` or a :class:`SentMessage` of ours.
 
 from __future__ import annotations
 
+import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
+
+# isort: split
+
 import os
 import time
 from pathlib import Path

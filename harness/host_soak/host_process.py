@@ -142,7 +142,7 @@ class _HostControl:
         """The host process's channels, after a collection (as the harness samples its own)."""
         import gc
 
-        from waclient.memory import c_heap_in_use
+        from waclient.heap import c_heap_in_use
 
         gc.collect()
         rss, worker = _rss(), self.host.transport.worker_rss

@@ -12,6 +12,10 @@ All three speak the :class:`Transport` protocol; pairing (:class:`Pairing`) and 
 
 from __future__ import annotations
 
+import waclient._neonize  # noqa: F401  (first: neonize's protobufs without its Go core)
+
+# isort: split
+
 from typing import TYPE_CHECKING, Any
 
 from waclient.transports.base import (
