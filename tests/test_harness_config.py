@@ -33,6 +33,15 @@ def test_defaults_fill_what_no_layer_sets() -> None:
     assert configure("plain", Settings.of(memray=False)).tracked_cycles == 0
 
 
+def test_the_run_has_a_finite_timeout_unless_one_asks_for_none() -> None:
+    assert configure("plain").timeout == Settings.DEFAULT_TIMEOUT == 3600.0
+    own = Settings.of(timeout=7200)  # a scenario's own layer
+    assert configure("patient", own).timeout == 7200.0
+    assert configure("patient", own, Settings.of(timeout=60)).timeout == 60.0
+    assert configure("plain", Settings.of(timeout=float("inf"))).timeout is None
+    assert Settings.from_json(Settings.of(timeout=float("inf")).to_json()).timeout == float("inf")
+
+
 def test_the_child_process_gets_the_same_layer_as_json() -> None:
     layer = Settings.of(cycles=900, thresholds={"rss": 1.5}, expect_leak="rss", report_dir="r")
     assert Settings.from_json(layer.to_json()) == layer
