@@ -29,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from harness.analysis import Verdict
-from harness.config import Settings
+from harness.config import Settings, run_timeout
 from harness.ending import end_group, leader_exited
 from harness.errors import CycleTimeout, SoakError, UsageError
 from harness.model import Progress
@@ -219,7 +219,7 @@ class _Watch:
         self.notes: list[str] = []
         # Until the child says which timeout its run has (the scenario's own may be longer),
         # the layer's or the default one bounds it, its import of the scenario included.
-        self.timeout = _effective(timeout)
+        self.timeout = run_timeout(timeout)
         self.deadline = _deadline(self.timeout)
         self.result_at: float | None = None
         self.exiting: dict[str, Any] = {}
@@ -302,12 +302,6 @@ class _Watch:
     def result_code(self) -> int:
         """The exit status the child announced with its result (it was killed before it)."""
         return int(self.exiting.get("code", 2))
-
-
-def _effective(timeout: float | None) -> float | None:
-    if timeout is None:
-        return Settings.DEFAULT_TIMEOUT
-    return None if math.isinf(timeout) else timeout
 
 
 def _deadline(timeout: float | None) -> float:

@@ -23,7 +23,14 @@ from typing import Any, ClassVar
 
 from harness.errors import UsageError
 
-__all__ = ["Config", "Settings", "configure", "default_tracked_cycles", "default_warmup"]
+__all__ = [
+    "Config",
+    "Settings",
+    "configure",
+    "default_tracked_cycles",
+    "default_warmup",
+    "run_timeout",
+]
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ def configure(name: str, *layers: Settings) -> Config:
         trace_python_allocators=True
         if s.trace_python_allocators is None
         else bool(s.trace_python_allocators),
-        timeout=_timeout(s.timeout),
+        timeout=run_timeout(s.timeout),
         cycle_timeout=None if s.cycle_timeout is None else float(s.cycle_timeout),
         confidence=confidence,
         sample_every=s.sample_every,
@@ -216,7 +223,7 @@ def configure(name: str, *layers: Settings) -> Config:
     )
 
 
-def _timeout(value: float | None) -> float | None:
+def run_timeout(value: float | None) -> float | None:
     """The run's deadline in seconds: :attr:`Settings.DEFAULT_TIMEOUT` unless set, None for
     ``inf`` (asked for no deadline)."""
     if value is None:
