@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,21 @@ def killable_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own (fresh data dir), free to kill and restart."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(params=["in-process", "isolated"])
+async def simulated_client(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Any, Any]]:
+    """(a connected Client, its transport), once on ``SimulatedTransport`` and once on
+    ``IsolatedTransport(worker="simulated")``: the two simulated sides script alike."""
+    from waclient import Backoff, Client, ClientState, IsolatedTransport, SimulatedTransport
+
+    transport: Any = (
+        SimulatedTransport()
+        if request.param == "in-process"
+        else IsolatedTransport(tmp_path / "session.db", worker="simulated")
+    )
+    async with Client(transport, backoff=Backoff(0, 0, jitter=0)) as client:
+        await client.wait_for(ClientState.CONNECTED, timeout=60)
+        yield client, transport

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,8 @@ import pytest
 from neonize.exc import NeonizeError, SendMessageError
 
 import waclient
-from waclient import Backoff, Client, ClientState, TransportError, WaclientError
+from waclient import TransportError, WaclientError
 from waclient.transports.failures import ReachoutTimelockedError, ServerError, call_failed
-from waclient.transports.isolated import IsolatedTransport
-from waclient.transports.simulated import SimulatedTransport
 
 CHAT = "15550000001@s.whatsapp.net"
 PACKAGE = Path(waclient.__file__).parent
@@ -38,24 +35,12 @@ def test_every_error_class_of_the_library_is_a_waclient_error() -> None:
     assert len(found) >= 24
 
 
-@pytest.fixture(params=["in-process", "isolated"])
-async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    transport: Any = (
-        SimulatedTransport()
-        if request.param == "in-process"
-        else IsolatedTransport(tmp_path / "e.db", worker="simulated")
-    )
-    async with Client(transport, backoff=Backoff(0, 0, jitter=0)) as c:
-        await c.wait_for(ClientState.CONNECTED, timeout=60)
-        yield c, transport
-
-
 async def fail(transport: Any, method: str, error: str, error_type: str | None) -> None:
     await transport.fail(method, error, error_type=error_type)  # both transports script alike
 
 
-async def test_a_failed_send_is_neonizes_class_and_a_transport_error(client: Any) -> None:
-    c, transport = client
+async def test_a_failed_send_is_neonizes_class_and_a_transport_error(simulated_client: Any) -> None:
+    c, transport = simulated_client
     await fail(transport, "send_message", "no session with that device", "SendMessageError")
     with pytest.raises(SendMessageError) as caught:
         await c.send_text(CHAT, "hi")
@@ -67,8 +52,8 @@ async def test_a_failed_send_is_neonizes_class_and_a_transport_error(client: Any
     assert str(error) == "send_message failed: SendMessageError: no session with that device"
 
 
-async def test_463_is_the_reachout_timelock_and_says_so(client: Any) -> None:
-    c, transport = client
+async def test_463_is_the_reachout_timelock_and_says_so(simulated_client: Any) -> None:
+    c, transport = simulated_client
     await fail(transport, "send_message", "server returned error 463", "SendMessageError")
     with pytest.raises(ReachoutTimelockedError) as caught:
         await c.send_text(CHAT, "hi")
@@ -77,8 +62,8 @@ async def test_463_is_the_reachout_timelock_and_says_so(client: Any) -> None:
     assert error.code == 463 and "reach-out time-lock" in str(error)
 
 
-async def test_other_server_errors_carry_their_code(client: Any) -> None:
-    c, transport = client
+async def test_other_server_errors_carry_their_code(simulated_client: Any) -> None:
+    c, transport = simulated_client
     await fail(transport, "send_message", "server returned error 479", None)
     with pytest.raises(ServerError) as caught:
         await c.send_text(CHAT, "hi")

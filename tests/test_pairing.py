@@ -4,35 +4,22 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from waclient import Backoff, Client, ClientState
 from waclient.events import MessageEv, QREv
 from waclient.pairing import print_qr, qr_code, qr_event
-from waclient.transports.isolated import IsolatedTransport
-from waclient.transports.simulated import SimulatedTransport, message_event
+from waclient.transports.simulated import message_event
 
 CODES = ["2@first,abc,def,ghi", "2@second,abc,def,ghi"]
 
 
-@pytest.fixture(params=["in-process", "isolated"])
-async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    transport: Any = (
-        SimulatedTransport()
-        if request.param == "in-process"
-        else IsolatedTransport(tmp_path / "p.db", worker="simulated")
-    )
-    async with Client(transport, backoff=Backoff(0, 0, jitter=0)) as c:
-        await c.wait_for(ClientState.CONNECTED, timeout=60)
-        yield c, transport
-
-
-async def test_each_qr_code_reaches_the_handlers_and_the_latest_is_kept(client: Any) -> None:
-    c, transport = client
+async def test_each_qr_code_reaches_the_handlers_and_the_latest_is_kept(
+    simulated_client: Any,
+) -> None:
+    c, transport = simulated_client
     seen: list[str | None] = []
     c.on(QREv, lambda ev: seen.append(qr_code(ev)))
     assert transport.latest_qr is None
@@ -43,8 +30,8 @@ async def test_each_qr_code_reaches_the_handlers_and_the_latest_is_kept(client: 
     assert transport.latest_qr == CODES[-1]
 
 
-async def test_a_pair_code_by_phone_number(client: Any) -> None:
-    c, _transport = client
+async def test_a_pair_code_by_phone_number(simulated_client: Any) -> None:
+    c, _transport = simulated_client
     code = await c.pair_phone("+1 555 000 0001")
     assert code and isinstance(code, str)
 
