@@ -39,7 +39,7 @@ import json
 import math
 import os
 import sysconfig
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -653,41 +653,40 @@ def find_steps(
 ) -> list[tuple[float, float]]:
     """The rises of ``values`` that are steps of a staircase: (cycle, rise) of each, in order.
 
-    A step is a rise between two consecutive samples, the level after it (the median of the
+    A rise is a change between two consecutive samples, the level after it (the median of the
     :data:`STEP_WINDOW` samples from it) at least ``min_step`` and :data:`STEP_NOISE` times the
     scatter of consecutive samples above the level before it (the median of the samples
-    before), at least half of it in that one interval (sharp: a ramp is no step), and the level
-    never falling back below its midpoint later (a sawtooth's or a burst's rise falls back).
-    A rise across one of ``pauses`` (a decision of the harness between two samples) is not a
-    step: the allocator may have to find the decision's scratch memory anew (RSS rose by the
-    300 KiB a clean cycle had taken from free memory, at the next decision, not when taken).
+    before), at least half of it in that one interval (sharp: a ramp has no rises) and at least
+    half of it above every level before (a rise back from a dip, as ``burst``'s RSS takes when
+    the allocator gave memory back and takes it again, is no step). A rise
+    whose level falls back below its midpoint later is a tooth (a sawtooth's, a burst's); one
+    that never does is a step once it has stayed up longer than the longest tooth (the last
+    tooth of a sawtooth may be up when the samples end). A rise across one of ``pauses`` (a
+    decision of the harness between two samples) is no step: the allocator may have to find
+    the decision's scratch memory anew (RSS rose by the 300 KiB a clean cycle had taken from
+    free memory at the next decision, not when it was taken).
     """
     y = np.asarray(values, dtype=np.float64)
     x = np.asarray(cycles, dtype=np.float64)
     w = STEP_WINDOW
     if y.shape[0] < 2 * w:
         return []
-    d = np.diff(y)
-    least = max(min_step, STEP_NOISE * _jitter(d))
     levels = np.median(np.lib.stride_tricks.sliding_window_view(y, w), axis=1)
-    # the lowest level from each window on: a step stays when it never falls below its middle
-    lowest = np.minimum.accumulate(levels[::-1])[::-1]
-    found: list[tuple[int, float]] = []
-    for i in np.flatnonzero(d >= least / 2) + 1:
-        if i < w or i > y.shape[0] - w:
+    least = max(min_step, STEP_NOISE * _jitter(np.diff(y)))
+    stayed: list[tuple[int, float]] = []
+    tooth = 0.0
+    for i, before, rise in _sharp_rises(y, levels, least):
+        fell = np.flatnonzero(levels[i:] < before + rise / 2)
+        if fell.shape[0]:
+            tooth = max(tooth, float(x[i + fell[0]] - x[i]))
+        elif any(x[i - 1] <= p < x[i] for p in pauses):
             continue
-        before = float(np.median(y[i - w : i]))
-        rise = float(levels[i]) - before
-        if rise < least or d[i - 1] < rise / 2 or lowest[i] < before + rise / 2:
-            continue
-        if any(x[i - 1] <= p < x[i] for p in pauses):
-            continue
-        if found and i - found[-1][0] < w:
-            if rise > found[-1][1]:
-                found[-1] = (int(i), rise)
-            continue
-        found.append((int(i), rise))
-    return [(float(x[i]), rise) for i, rise in found]
+        elif stayed and i - stayed[-1][0] < w:
+            stayed[-1] = max(stayed[-1], (i, rise), key=lambda s: s[1])
+        else:
+            stayed.append((i, rise))
+    # up from x[i] at least until the last window's start, as a tooth is until its fall's
+    return [(float(x[i]), rise) for i, rise in stayed if x[-w] - x[i] > tooth]
 
 
 def compare_channel(new: ChannelResult, old: ChannelResult, floor: float) -> ChannelResult:
@@ -766,6 +765,24 @@ def rehearse(sizes: Iterable[int]) -> None:
             x = np.arange(float(n))
             y = x + np.random.default_rng(n).normal(0.0, 1.0, n)
             analyze_channel("rehearsal", "bytes", x, y, threshold=None)
+
+
+def _sharp_rises(
+    y: npt.NDArray[np.float64], levels: npt.NDArray[np.float64], least: float
+) -> Iterator[tuple[int, float, float]]:
+    """(index, level before, rise) of each sharp rise of ``y`` by ``least`` to new ground: at
+    least half of it above every level before (a rise back from a dip is none; see
+    find_steps)."""
+    w = STEP_WINDOW
+    d = np.diff(y)
+    peaks = np.maximum.accumulate(levels)
+    for i in (int(j) + 1 for j in np.flatnonzero(d >= least / 2)):
+        if w <= i <= y.shape[0] - w:
+            before = float(np.median(y[i - w : i]))
+            rise = float(levels[i]) - before
+            new = float(levels[i] - peaks[i - w])
+            if rise >= least and d[i - 1] >= rise / 2 and new >= rise / 2:
+                yield i, before, rise
 
 
 def _jitter(d: npt.NDArray[np.float64]) -> float:
