@@ -39,7 +39,7 @@ import json
 import math
 import os
 import sysconfig
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -662,9 +662,10 @@ def find_steps(
     whose level falls back below its midpoint later is a tooth (a sawtooth's, a burst's); one
     that never does is a step once it has stayed up longer than the longest tooth (the last
     tooth of a sawtooth may be up when the samples end). A rise across one of ``pauses`` (a
-    decision of the harness between two samples) is no step: the allocator may have to find
-    the decision's scratch memory anew (RSS rose by the 300 KiB a clean cycle had taken from
-    free memory at the next decision, not when it was taken).
+    decision of the harness between two samples) is no step: the allocator keeps part of the
+    decision's scratch memory resident (Theil-Sen's pairwise differences, megabytes): an
+    extended soak's RSS rose by 1.7 MiB across its decision at 2,000 cycles and by 0.7 MiB
+    across the one at 3,800, a staircase of the harness's own.
     """
     y = np.asarray(values, dtype=np.float64)
     x = np.asarray(cycles, dtype=np.float64)
@@ -747,24 +748,6 @@ def decide(
     )
     v.settle()
     return v
-
-
-def rehearse(sizes: Iterable[int]) -> None:
-    """Decide one made-up channel of each of ``sizes`` samples, largest first, and forget it.
-
-    A decision's scratch memory (Theil-Sen's pairwise slopes: 2.5 MB at :data:`MAX_POINTS`) is
-    freed when it returns, but the allocator keeps part of it resident, more the first time a
-    size is decided: a soak extended while settling showed a step of rss at each extension
-    (+1.7 MiB after the decision at 2,000 cycles, +0.7 MiB after the one at 3,800), a
-    staircase of the harness's own. The engine rehearses the largest before the warm-up (whose
-    cycles then run with the allocator as the decisions leave it) and every size its decisions
-    will have before the first measured sample (docs/harness.md, "Staircases").
-    """
-    for n in sorted({min(int(n), MAX_POINTS) for n in sizes}, reverse=True):
-        if n >= MIN_SAMPLES:
-            x = np.arange(float(n))
-            y = x + np.random.default_rng(n).normal(0.0, 1.0, n)
-            analyze_channel("rehearsal", "bytes", x, y, threshold=None)
 
 
 def _sharp_rises(

@@ -34,14 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, ParamSpec
 
-from harness.analysis import (
-    MAX_POINTS,
-    Verdict,
-    decide,
-    gc_type_counts,
-    leak_sites_from_capture,
-    rehearse,
-)
+from harness.analysis import Verdict, decide, gc_type_counts, leak_sites_from_capture
 from harness.config import Config, Settings, configure
 from harness.errors import (
     CycleError,
@@ -614,8 +607,6 @@ class _Run:
         cfg = self.cfg
         import scipy.stats  # noqa: F401
 
-        rehearse([MAX_POINTS])  # the allocator as the analysis leaves it, for the warm-up too
-
         if cfg.memray:
             with contextlib.suppress(ImportError):
                 import memray  # noqa: F401
@@ -650,18 +641,9 @@ class _Run:
             freeze()  # the warm-up's survivors join the frozen generation
         room = extended // self.every + 16
         sampler.prepare(room, plan.multiples)
-        rehearse(self.decision_sizes(plan.multiples))
         self.gc_start = gc_type_counts()
         self.done = cfg.warmup
         self._tick_t, self._tick_i = time.perf_counter(), cfg.warmup
-
-    def decision_sizes(self, multiples: Mapping[str, int]) -> list[int]:
-        """The samples per channel of each decision this run may take (see :func:`rehearse`)."""
-        warmup, sizes = self.cfg.warmup, []
-        for target in self.cfg.decision_points():
-            points = (target - warmup) // self.every + 1
-            sizes += [(points - 1) // m + 1 for m in {1, *multiples.values()}]
-        return sizes
 
     def extension(self) -> int:
         """Decide on what is measured; the next target while a channel settles, else ``done``."""
