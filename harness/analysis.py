@@ -28,9 +28,9 @@ clearly longer than the spacing lets a stepped channel be ``plateau`` or ``flat`
 
 A cache that fills in the first half and then stops passes 1 but fails 2: not a leak. A slow
 steady leak passes all three. A sawtooth or bursts that free their memory fail 1, and their
-rises fall back: no staircase. Thresholds
-of the memory channels come from each run's own noise (:func:`analyze_channel` with
-``threshold=None``), floored per channel; :func:`compare_channel` judges a baseline.
+rises fall back: no staircase. Thresholds of the memory channels come from each run's own noise
+(:func:`analyze_channel` with ``threshold=None``), floored per channel; :func:`compare_channel`
+judges a baseline.
 """
 
 from __future__ import annotations
@@ -779,7 +779,7 @@ def _judge_staircase(
     """(leaking, undecided, reason) of a channel that rose by ``steps``; None: no verdict."""
     at = [c for c, _ in steps]
     tail = end - at[-1]
-    spacing = max(np.diff(at)) if len(at) > 1 else at[0]
+    spacing = float(max(np.diff(at))) if len(at) > 1 else at[0]
     what = f"{len(at)} step{'s' if len(at) > 1 else ''} of {_sizes(steps, unit)}"
     where = "at cycle" + ("s " if len(at) > 1 else " ") + ", ".join(_g(c) for c in at)
     if len(at) >= 3 and tail <= spacing:

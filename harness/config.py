@@ -143,7 +143,8 @@ class Config:
         settling, the measured cycles doubled each time, up to ``max_cycles``."""
         points = [self.cycles]
         while points[-1] < self.max_cycles:
-            points.append(min(self.max_cycles, self.warmup + 2 * (points[-1] - self.warmup)))
+            doubled = self.warmup + 2 * (points[-1] - self.warmup)
+            points.append(min(self.max_cycles, max(doubled, points[-1] + 1)))
         return points
 
 
