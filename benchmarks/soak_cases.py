@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -82,6 +83,34 @@ reconnect_object_every_10 = _in_reconnect(10, lambda: kept.append(object()))
 reconnect_list_every_10 = _in_reconnect(10, lambda: kept.append([]))
 reconnect_malloc_64 = _in_reconnect(1, lambda: _libc.malloc(64 - 16))
 reconnect_malloc_128 = _in_reconnect(1, lambda: _libc.malloc(128 - 16))
+# Staircases: a block kept every n cycles (a bytearray: malloc'ed, zeroed, so heap and rss).
+blocks_256k_every_500 = _every(500, lambda: kept.append(bytearray(256 * 1024)))
+blocks_256k_every_900 = _every(900, lambda: kept.append(bytearray(256 * 1024)))
+blocks_256k_every_1500 = _every(1500, lambda: kept.append(bytearray(256 * 1024)))
+blocks_512k_every_500 = _every(500, lambda: kept.append(bytearray(512 * 1024)))
+blocks_512k_every_900 = _every(900, lambda: kept.append(bytearray(512 * 1024)))
+blocks_512k_every_1500 = _every(1500, lambda: kept.append(bytearray(512 * 1024)))
+
+
+def _arena(per_cycle: int, low: int, high: int) -> Callable[[int], None]:
+    """upb's pattern: ``per_cycle`` bytes a cycle taken from a C arena whose blocks of ``low``
+    to ``high`` bytes (drawn from a seeded generator) are malloc'ed and never written: the C
+    heap steps by a block when the current one is used up, RSS does not move."""
+    sizes = random.Random(22)
+    room = [0]
+
+    def cycle(i: int) -> None:
+        if room[0] < per_cycle:
+            size = sizes.randrange(low, high)
+            _libc.malloc(size)
+            room[0] = size
+        room[0] -= per_cycle
+
+    return cycle
+
+
+# 400 B a cycle from blocks of 445 to 594 KiB: a block every 1,140 to 1,520 cycles.
+arena_400 = _arena(400, 445 * 1024, 594 * 1024)
 
 
 def clean(i: int) -> None:

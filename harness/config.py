@@ -149,6 +149,15 @@ class Config:
     def with_cycles(self, cycles: int) -> Config:
         return replace(self, cycles=cycles)
 
+    def decision_points(self) -> list[int]:
+        """The cycles after which the soak decides: ``cycles``, then, while a channel is still
+        settling, the measured cycles doubled each time, up to ``max_cycles``."""
+        points = [self.cycles]
+        while points[-1] < self.max_cycles:
+            doubled = self.warmup + 2 * (points[-1] - self.warmup)
+            points.append(min(self.max_cycles, max(doubled, points[-1] + 1)))
+        return points
+
 
 def default_warmup(cycles: int) -> int:
     """10 % of the cycles, at least 10 and at most 1,000."""

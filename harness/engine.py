@@ -650,9 +650,9 @@ class _Run:
         cfg = self.cfg
         self.report("analysis")
         self.decision = self._decide()
-        if not self.decision.undecided or self.done >= cfg.max_cycles:
+        if not self.decision.undecided:
             return self.done
-        return min(cfg.max_cycles, cfg.warmup + 2 * (self.done - cfg.warmup))
+        return next((t for t in cfg.decision_points() if t > self.done), self.done)
 
     def _decide(self) -> Verdict:
         assert self.sampler is not None
