@@ -67,7 +67,19 @@ MAX_POINTS = 800
 TOP_SITES = 10
 NO_PYTHON_FRAME = "<no Python frame>"
 """The location of memory memray saw allocated with no Python stack: a native thread (Go's),
-or a coroutine chain resumed by an exception (see :func:`_python_frames_of_hybrid`)."""
+or a coroutine chain resumed by an exception (see :func:`_native_frames`)."""
+NO_PYTHON_FRAME_MEANS = (
+    "allocated with no Python code on the stack: memray's tracer (line tables and frames of "
+    "code it first sees), the interpreter, an extension or a native thread; --native-traces "
+    "tells which (and leaves the tracer's own out)"
+)
+"""What a :data:`NO_PYTHON_FRAME` site is, said where it is shown."""
+NATIVE = "[native] "
+"""The prefix of a location that is a C function (a site with native traces and no Python
+frame: ``[native] function``, in its file)."""
+TRACER_FRAMES = frozenset({"call_trace", "call_trace_protected", "trace_function_entry"})
+"""C functions of CPython's profiling hook: memory allocated under them is the tracer's own
+(line tables and frame objects of code first run under memray), not the code's."""
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -160,6 +172,13 @@ class LeakSite:
     """Allocations still live."""
     stack: list[str] = field(default_factory=list)
     """Frames, innermost first, as ``file:line in function`` (harness internals left out)."""
+
+    @property
+    def where(self) -> str:
+        """The site as shown: ``location in function``, or what memory with no frame is."""
+        if self.location == NO_PYTHON_FRAME:
+            return f"{NO_PYTHON_FRAME}: {NO_PYTHON_FRAME_MEANS}"
+        return f"{self.location} in {self.function}"
 
     def mentions(self, filename: str, line: int) -> bool:
         """True when this site's location or stack is at ``filename:line``."""
@@ -369,7 +388,7 @@ class Verdict:
                 for site in self.leak_sites[:sites]:
                     lines.append(
                         f"    {format_quantity(site.size, 'bytes'):>10} in {site.count:>7,} "
-                        f"allocations  {site.location} in {site.function}"
+                        f"allocations  {site.where}"
                     )
             grown = [g for g in self.gc_growth if g.delta > 0][:3]
             if grown:
@@ -973,8 +992,12 @@ def leak_sites_from_capture(
         for rec in reader.get_leaked_allocation_records(merge_threads=False):
             size, count = int(rec.size), int(rec.n_allocations)
             frames: Frames = [(fn, file, line) for fn, file, line in rec.stack_trace()]
+            native: Frames = []
             if not frames and hybrid:
-                frames = _python_frames_of_hybrid(rec)
+                native = _native_frames(rec)
+                if any(fn in TRACER_FRAMES for fn, _, _ in native):
+                    continue  # the tracer's own: line tables, frames of code it first sees
+                frames = [fr for fr in native if fr[1].endswith(".py")] or native
             if not frames and starts:
                 frames = list(starts.get(str(rec.thread_name), []))
             if _allocated_by_the_harness(frames, libraries):
@@ -986,6 +1009,9 @@ def leak_sites_from_capture(
             total_count += count
             if not kept:
                 location, function = NO_PYTHON_FRAME, "?"
+            elif not kept[0][1].endswith(".py"):  # native frames only
+                c = next((fr for fr in kept if fr[0] not in _ALLOCATORS), kept[0])
+                location, function = f"{NATIVE}{c[0]}", f"{os.path.basename(c[1])}:{c[2]}"
             else:
                 user = next((fr for fr in kept if not _is_library(fr[1], libraries)), kept[0])
                 location, function = f"{display_path(user[1])}:{user[2]}", user[0]
@@ -1025,18 +1051,27 @@ def _allocated_by_the_harness(
     return False
 
 
-def _python_frames_of_hybrid(rec: Any) -> list[tuple[str, str, int]]:
-    """Python frames from a record's native stack, when memray lost its Python stack.
+def _native_frames(rec: Any) -> list[tuple[str, str, int]]:
+    """A record's hybrid stack (C frames with the Python ones among them), when memray lost
+    its Python stack.
 
     memray's Python stack of a coroutine chain resumed by ``throw()`` (an exception or a
     cancellation delivered into an awaiting coroutine) can come out empty (CPython gh-93592);
-    with native traces the interpreter's own frames are still in the native stack.
+    with native traces the interpreter's own frames are still in the native stack. Memory C
+    code allocated with no Python code under it (a native thread's) has C frames only.
     """
     try:
         hybrid = rec.hybrid_stack_trace()
     except Exception:  # memray asserts on some native stacks
         return []
-    return [(fn, file, int(line)) for fn, file, line in hybrid if str(file).endswith(".py")]
+    return [(str(fn), str(file), int(line)) for fn, file, line in hybrid]
+
+
+_ALLOCATORS = frozenset(
+    {"malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc",
+     "mmap", "mmap64", "operator new", "operator new[]"}
+)  # fmt: skip
+"""C functions that only allocate: a native site is the first frame outside them."""
 
 
 def gc_type_counts() -> dict[str, int]:
@@ -1048,10 +1083,16 @@ def gc_type_counts() -> dict[str, int]:
     dynamic mmap and trim thresholds, which shows as rss moving long after.
     """
     import gc
-    from collections import Counter
 
+    # A plain loop: Counter(iterable) asks isinstance(iterable, Mapping), and that caches the
+    # iterable's type in a weak set per ABC of the check (a weakref, its callback and a set
+    # each): objects of the harness's own that grew between two counts.
+    by_type: dict[type, int] = {}
+    for o in gc.get_objects():
+        t = type(o)
+        by_type[t] = by_type.get(t, 0) + 1
     counts: dict[str, int] = {}
-    for t, n in Counter(map(type, gc.get_objects())).items():
+    for t, n in by_type.items():
         key = f"{t.__module__}.{t.__qualname__}"
         counts[key] = counts.get(key, 0) + n
     return counts

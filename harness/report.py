@@ -166,10 +166,7 @@ def leak_sites_text(verdict: Verdict) -> str:
         lines.append("(not tracked: run with memray to see leak sites)")
     for s in verdict.leak_sites:
         per = format_quantity(s.size / max(1, verdict.tracked_cycles), "bytes")
-        lines.append(
-            f"{format_quantity(s.size, 'bytes'):>12}  {s.count:>9,}  {per:>10}  "
-            f"{s.location} in {s.function}"
-        )
+        lines.append(f"{format_quantity(s.size, 'bytes'):>12}  {s.count:>9,}  {per:>10}  {s.where}")
         for frame in s.stack[1:6]:
             lines.append(f"{'':>37}  called from {frame}")
     return "\n".join(lines) + "\n"
@@ -303,7 +300,7 @@ def render_html(verdict: Verdict, png: bytes, flamegraph: Path | None = None) ->
         site_rows.append(
             f"<tr><td>{e(format_quantity(s.size, 'bytes'))}</td><td>{s.count:,}</td>"
             f"<td>{e(format_quantity(s.size / max(1, verdict.tracked_cycles), 'bytes'))}</td>"
-            f'<td class="l"><code>{e(s.location)}</code> in <code>{e(s.function)}</code></td>'
+            f'<td class="l"><code>{e(s.where)}</code></td>'
             f'<td class="l small"><code>{stack}</code></td></tr>'
         )
     if not verdict.tracked:
