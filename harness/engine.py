@@ -618,7 +618,7 @@ class _Run:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if cfg.collect:
-            freeze()
+            freeze(clear_type_cache=True)
         # The warm-up is not analysed: a few dozen samples, for the plot, are enough.
         self.every = max(1, math.ceil(cfg.warmup / 50))
         self.sampler.prepare(cfg.warmup // self.every + 2)
@@ -638,7 +638,7 @@ class _Run:
         extended = cfg.max_cycles - cfg.warmup + cfg.tracked_cycles
         self.every = max(plan.every, math.ceil(extended / (4 * Sampler.MAX_SAMPLES)))
         if cfg.collect:
-            freeze()  # the warm-up's survivors join the frozen generation
+            freeze(clear_type_cache=False)  # the warm-up's survivors join the frozen generation
         room = extended // self.every + 16
         sampler.prepare(room, plan.multiples)
         self.gc_start = gc_type_counts()

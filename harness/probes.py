@@ -210,21 +210,26 @@ _frozen = [0]
 _froze = [False]
 
 
-def freeze() -> None:
+def freeze(*, clear_type_cache: bool) -> None:
     """Collect, then move every surviving object to the permanent generation (cheap samples).
 
-    First the interpreter's type attribute cache is cleared (as CPython's refleak hunter does
-    before it counts blocks). The cache (4,096 slots in CPython 3.11) keeps a strong reference
-    to the name of each attribute looked up through it until another lookup takes the slot.
-    Names built at run time (``getattr(module, name + "_signature")``, mostly while modules are
-    imported: about 570 blocks after ``import scipy.stats``, which the harness does before the
-    warm-up) stay pinned there, and a cycle that creates new types (a ctypes array type per
+    With ``clear_type_cache`` (once, before the warm-up) the interpreter's type attribute cache
+    is cleared first (as CPython's refleak hunter does before it counts blocks). The cache
+    (4,096 slots in CPython 3.11) keeps a strong reference to the name of each attribute looked
+    up through it until another lookup takes the slot. Names built at run time
+    (``getattr(module, name + "_signature")``, mostly while modules are imported: about 570
+    blocks after ``import scipy.stats``, which the harness does before the warm-up) stay pinned
+    there, and a cycle that creates new types (a ctypes array type per
     ``create_string_buffer``, say) takes their slots a few per cycle: py_blocks fell by 0.05 to
     0.25 blocks/cycle for thousands of cycles, no property of the cycle (docs/harness.md,
-    "Findings"). Cleared here, the measured cycles start with only their own names cached.
-    Once per phase, not per sample: refilling the cache costs a cycle about as much again.
+    "Findings"). Cleared before the warm-up, the cache fills with the cycle's own names while
+    it runs. Not again when the measured cycles start: a cycle that looks up names it builds
+    each time (scheduler-churn's, hundreds per cycle) fills the emptied slots at random, and
+    the refill, 800 blocks over 500 cycles, was measured as growth (docs/harness.md,
+    "Findings"). Refilling the cache costs a cycle about as much again: never per sample.
     """
-    _clear_type_cache()
+    if clear_type_cache:
+        _clear_type_cache()
     gc.collect()
     gc.freeze()
     _froze[0] = True
