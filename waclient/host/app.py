@@ -16,7 +16,7 @@ from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
 from .query_keys import RefuseKeyInQuery
-from .routes import contacts, groups, health, messages, scheduled, session, webhooks
+from .routes import contacts, dashboard, groups, health, messages, scheduled, session, webhooks
 from .runtime import Host
 
 __all__ = ["create_app"]
@@ -78,6 +78,8 @@ def create_app(
     ]
     if settings.transport == "simulated":
         routers.append(webhooks.debug_router(settings))
+    if settings.dashboard:
+        routers.append(dashboard.router(settings))
     for r in routers:
         app.include_router(r)
     app.state.allow_map = allow_map([route for r in routers for route in r.routes])

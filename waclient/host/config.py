@@ -177,6 +177,11 @@ class Settings(BaseSettings):
         "WACLIENT_AUTH_FAILURE_WINDOW seconds; past that it gets 429 on every keyed route.",
     )
     auth_failure_window: float = Field(default=60.0, gt=0)
+    dashboard: bool = Field(
+        default=True,
+        description="WACLIENT_DASHBOARD: serve the dashboard at /dashboard (the page needs no "
+        "key; its data calls send the key the user types).",
+    )
     docs: bool = Field(
         default=False,
         description="WACLIENT_DOCS: serve Swagger UI at /docs and ReDoc at /redoc (they load "
