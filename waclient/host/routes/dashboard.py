@@ -4,6 +4,7 @@ the user typed (kept in the tab's session storage) as ``X-API-Key``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from importlib.resources import files
 
@@ -31,18 +32,19 @@ ASSETS = {
 def router(settings: Settings) -> APIRouter:
     r = APIRouter(tags=["dashboard"])
     for path, (name, media_type) in ASSETS.items():
+        page = path == "/dashboard"
         r.add_api_route(
             path,
             _serve(name, media_type),
             methods=["GET"],
-            include_in_schema=path == "/dashboard",
-            summary="The dashboard: pair the session and watch the host" if path == "/dashboard" else None,
+            include_in_schema=page,
+            summary="The dashboard: pair the session and watch the host" if page else None,
             response_class=Response,
         )
     return r
 
 
-def _serve(name: str, media_type: str) -> object:
+def _serve(name: str, media_type: str) -> Callable[[], Awaitable[Response]]:
     async def asset() -> Response:
         return Response(_read(name), media_type=media_type, headers=SECURITY_HEADERS)
 
