@@ -76,6 +76,10 @@ def page(browser: BrowserContext) -> Iterator[Page]:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     page.clock.install()  # the refresh timer is advanced by the test, never waited for
     yield page
     page.close()

@@ -73,6 +73,8 @@ function bytes(n) {
   return n.toFixed(i ? 1 : 0) + " " + units[i];
 }
 
+function when(seconds) { return new Date(seconds * 1000).toISOString(); }
+
 function unavailable(target, what) {
   target.replaceChildren(el("p", what + ": not available on this host"));
 }
@@ -90,6 +92,10 @@ async function showSession() {
     ["attempts", s.attempts], ["failures in a row", s.failures_in_a_row], ["last error", s.last_error],
     ["worker rss", s.worker ? bytes(s.worker.rss) : null],
     ["worker recycles", s.worker ? s.worker.recycles : null],
+    ["host restarts of the session", s.healing ? s.healing.restarts : null],
+    ["next restart", s.healing && s.healing.next_restart_at ? when(s.healing.next_restart_at) : null],
+    ["gave up", s.healing ? s.healing.gave_up : null],
+    ["advice", s.healing ? s.healing.advice : null],
   ]);
   $("pair-form").hidden = !s.pair_code_supported || s.connected;
   if (s.qr_available) await showQr();
@@ -201,7 +207,7 @@ async function showRuns() {
     r.restarts_24h + ", 7 d: " + r.restarts_7d));
   const box = el("div");
   table(box, ["started", "ended", "end", "version", "pid"], (r.runs || []).map((run) => [
-    new Date(run.started * 1000).toISOString(), run.ended ? new Date(run.ended * 1000).toISOString() : null,
+    when(run.started), run.ended ? when(run.ended) : null,
     run.end, run.version, run.pid]));
   target.append(box);
 }
