@@ -87,7 +87,9 @@ def page(browser: BrowserContext) -> Iterator[Page]:
 
 
 @contextmanager
-def host(tmp_path: Path, redis_url: str, sim: SimulatedTransport | None = None) -> Iterator[Any]:
+def host(
+    tmp_path: Path, redis_url: str | None, sim: SimulatedTransport | None = None
+) -> Iterator[Any]:
     settings = make_settings(tmp_path, redis_url, **WEBHOOKS)
     with (
         serve(create_app(settings, transport=sim)) as srv,
@@ -120,6 +122,21 @@ def test_the_page_is_served_without_a_key_under_a_strict_policy(
         assert "<script>" not in httpx.get(f"{srv.url}/dashboard").text.replace(
             '<script src="/dashboard/app.js" defer></script>', ""
         )
+
+
+def test_the_policy_refuses_inline_script(browser: BrowserContext, tmp_path: Path) -> None:
+    with host(tmp_path, None) as (srv, _):
+        page = browser.new_page()
+        refused: list[str] = []
+        page.on("console", lambda msg: refused.append(msg.text))
+        page.goto(f"{srv.url}/dashboard")
+        page.evaluate(
+            "() => { const s = document.createElement('script');"
+            " s.textContent = 'window.ran = 1'; document.body.append(s); }"
+        )
+        assert page.evaluate("window.ran") is None
+        assert any("Content Security Policy" in text for text in refused)
+        page.close()
 
 
 def test_a_wrong_key_shows_an_error(page: Page, tmp_path: Path, redis_url: str) -> None:
