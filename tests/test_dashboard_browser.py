@@ -104,10 +104,15 @@ def login(page: Page, srv: RunningServer, key: str = KEY) -> None:
     page.goto(f"{srv.url}/dashboard")
     page.fill("#key", key)
     page.click("#login button")
+    if key == KEY:
+        expect(page.locator("body")).to_have_attribute("data-refreshes", "1")
 
 
 def refresh(page: Page) -> None:
+    """Advance the page's clock to its next refresh and wait until that refresh is shown."""
+    done = int(page.locator("body").get_attribute("data-refreshes") or 0)
     page.clock.run_for(REFRESH_MS)
+    expect(page.locator("body")).to_have_attribute("data-refreshes", str(done + 1))
 
 
 def test_the_page_is_served_without_a_key_under_a_strict_policy(
@@ -160,6 +165,9 @@ def test_pair_by_qr_then_paired(page: Page, tmp_path: Path, redis_url: str) -> N
         refresh(page)
         expect(qr).not_to_have_attribute("src", first)
         assert page.evaluate("document.getElementById('qr').naturalWidth") > 0
+        page.fill("#phone", PHONE)  # or by pair code
+        page.click("#pair-form button")
+        expect(page.locator("#pair-code")).to_contain_text("Type this code on the phone: ")
         sim.latest_qr = None
         _off_the_page_loop(sim.connect())  # the phone scanned it: pair success
         wait_ready(api)

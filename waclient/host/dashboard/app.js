@@ -7,6 +7,7 @@ const REFRESH_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 let timer = null;
 let qrUrl = null;
+let refreshes = 0;
 
 class Unavailable extends Error {}
 
@@ -264,7 +265,8 @@ async function refresh() {
   const results = await Promise.allSettled(parts.map(([run, target, what]) => section(run, target, what)));
   const failed = results.find((r) => r.status === "rejected");
   $("error").textContent = failed ? failed.reason.message : "";
-  return failed ? failed.reason : null;
+  refreshes += 1;
+  document.body.dataset.refreshes = String(refreshes);  // done: what the page shows is current
 }
 
 async function open() {
@@ -277,8 +279,8 @@ async function open() {
   $("login").hidden = true;
   $("panels").hidden = false;
   $("logout").hidden = false;
-  await refresh();
   timer = setInterval(refresh, REFRESH_MS);
+  await refresh();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
