@@ -177,6 +177,18 @@ class Settings(BaseSettings):
         "WACLIENT_AUTH_FAILURE_WINDOW seconds; past that it gets 429 on every keyed route.",
     )
     auth_failure_window: float = Field(default=60.0, gt=0)
+    trusted_proxies: str = Field(
+        default="127.0.0.1,::1",
+        description="WACLIENT_TRUSTED_PROXIES: comma-separated addresses or networks of the "
+        "proxies in front of the host, or *; only from these is a client address taken from "
+        "WACLIENT_CLIENT_IP_HEADER or X-Forwarded-For (fly.toml: 172.16.0.0/12).",
+    )
+    client_ip_header: str = Field(
+        default="",
+        description="WACLIENT_CLIENT_IP_HEADER: the header a trusted proxy writes the client's "
+        "address in (Fly-Client-IP on Fly.io); empty: the rightmost untrusted "
+        "X-Forwarded-For entry.",
+    )
     docs: bool = Field(
         default=False,
         description="WACLIENT_DOCS: serve Swagger UI at /docs and ReDoc at /redoc (they load "
@@ -276,6 +288,21 @@ class Settings(BaseSettings):
                 )
             if not key.isprintable() or not key.isascii():
                 raise ValueError(f"WACLIENT_API_KEY: key {i} must be printable ASCII")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for item in (s.strip() for s in value.split(",")):
+            if item and item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"WACLIENT_TRUSTED_PROXIES: {item!r} is not an address or network"
+                    ) from None
         return value
 
     @field_validator("session_name")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import socket
@@ -36,6 +34,7 @@ from waclient.transports import IsolatedTransport, Transport, WorkerStats
 from waclient.webhooks.events import Event, event_from_outage, event_from_receipt
 
 from .config import Settings
+from .door import Door
 from .healing import ClientSupervisor, HealingStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
@@ -134,10 +133,6 @@ def build_transport(settings: Settings, machine: int) -> Transport:
     return SimulatedTransport(name=str(settings.session_dir / "simulated"))
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
 class Host(Lifetime):
     """The running host. ``request_shutdown`` is what the hard memory limit calls."""
 
@@ -162,7 +157,6 @@ class Host(Lifetime):
         self.request_shutdown = request_shutdown
         self.exit_code = 0
         """Non-zero when the host asked to stop for a restart (3: hard memory limit)."""
-        self._key_digests = [(f"key{i}", _digest(k)) for i, k in enumerate(settings.api_keys())]
         self.send_limiter = RateLimiter(
             settings.send_rate, settings.send_burst, max_keys=settings.rate_limit_keys
         )
@@ -171,15 +165,11 @@ class Host(Lifetime):
         )
         self.send_budget = SendBudget(settings.send_rate, settings.send_burst)
         """The number's one outbound budget: HTTP and scheduled sends alike."""
-        self.auth_throttle = RateLimiter(
-            settings.auth_failures / settings.auth_failure_window,
-            settings.auth_failures,
-            max_keys=settings.rate_limit_keys,
-        )
-        """Failed key checks per client address."""
         self.http_guard: GuardStats | None = None
         """The HTTP guard's counters, once :func:`.http_guard.server_config` serves the app."""
         self.metrics = HostMetrics(self)
+        self.door = Door(settings, on_failure=self.metrics.auth_failures.inc)
+        """The API key check and the failed-key throttle (per client address)."""
         self.readiness = ReadinessProbe(self)
         self.transport: Transport | None = None
         self.client: Client | None = None
@@ -205,20 +195,6 @@ class Host(Lifetime):
             check_interval=settings.memory_check_interval,
             log_interval=settings.memory_log_interval,
         )
-
-    # -- auth ------------------------------------------------------------------------------
-
-    def key_id(self, presented: str | None) -> str | None:
-        """The id (``key0``, ``key1``...) of a valid key, else None. Constant-time: every
-        configured key is compared, as SHA-256 digests, with ``hmac.compare_digest``."""
-        if not presented:
-            return None
-        given = _digest(presented)
-        found: str | None = None
-        for key_id, digest in self._key_digests:
-            if hmac.compare_digest(given, digest) and found is None:
-                found = key_id
-        return found
 
     # -- memory ----------------------------------------------------------------------------
 
