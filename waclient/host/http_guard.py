@@ -38,7 +38,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .config import Settings
+from .config import SHUTDOWN_SHARES, Settings
 from .door import Door, Refusal
 from .errors import error_json, send_error
 
@@ -143,7 +143,7 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "proxy_headers": False,  # the door works out the client address
         "server_header": False,
         "timeout_keep_alive": 5,
-        "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout)),
+        "timeout_graceful_shutdown": settings.shutdown_timeout * SHUTDOWN_SHARES["requests"],
         "limit_concurrency": None,
     }
     options.update(overrides)
