@@ -315,9 +315,11 @@ def test_openapi_documents_everything(api: httpx.Client) -> None:
     assert {"200", "401", "413", "422", "429", "503"} <= set(send)
 
 
-def test_unknown_route_is_json_404(anon: httpx.Client) -> None:
-    r = anon.get("/nope")
+def test_unknown_route_is_json_404(anon: httpx.Client, api: httpx.Client) -> None:
+    r = api.get("/nope")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
+    # without the key, the door answers first: every path but the open ones needs it
+    assert anon.get("/nope").json()["error"] == "unauthorized"
 
 
 # -- sending -----------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from waclient.webhooks import WebhookDispatcher
 Log = list[tuple[str, str]]
 UNTIL_THE_OUTBOUND_SPOOL = [
     "redis-host",
+    "redis-webhooks",  # the webhooks open before the recorders: they close after their flush
+    "webhooks",
     "stream-events",
     "stream-receipts",
     "spool-in",
@@ -108,8 +110,6 @@ async def test_close_order_is_the_reverse_of_start_order(
     assert opened == [
         *UNTIL_THE_OUTBOUND_SPOOL,
         "recorder-out",
-        "redis-webhooks",
-        "webhooks",
         "client",
         "scheduler",
         "guard",
@@ -132,7 +132,15 @@ async def test_a_failed_start_closes_what_it_opened(
     opened = _order(lifecycle, {"start", "__init__"})
     assert opened == UNTIL_THE_OUTBOUND_SPOOL
     closes = [n for n, m in lifecycle if m in {"close", "aclose"}]
-    assert closes == ["recorder-in", "spool-in", "stream-receipts", "stream-events", "redis-host"]
+    assert closes == [
+        "recorder-in",
+        "spool-in",
+        "stream-receipts",
+        "stream-events",
+        "webhooks",
+        "redis-webhooks",
+        "redis-host",
+    ]
     assert host.inbound is not None and host.inbound.spool is not None
     assert host.inbound.spool.closed
     others = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}

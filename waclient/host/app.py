@@ -4,14 +4,18 @@ transport), Redis, the recorders, the scheduler and the memory guard, and closes
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Route
 
 from waclient.transports import Transport
 
 from .config import Settings, load_settings
+from .deps import require_key
 from .errors import CatchAll, allow_map, install_handlers
 from .limits import BodyLimit
 from .metrics import MetricsMiddleware
@@ -82,7 +86,9 @@ def create_app(
         routers.append(dashboard.router(settings))
     for r in routers:
         app.include_router(r)
-    app.state.allow_map = allow_map([route for r in routers for route in r.routes])
+    routes = [route for r in routers for route in r.routes]
+    app.state.allow_map = allow_map(routes)
+    host.door.open(open_paths([*app.routes, *routes]))  # app.routes: /openapi.json, /docs
     # Added last = outermost: metrics see every answer, 413 included; CatchAll turns an
     # escaped exception into a JSON 500 inside them.
     app.add_middleware(CatchAll, on_error=host.metrics.errors.inc)
@@ -95,6 +101,29 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=host.metrics)
     app.add_middleware(RefuseKeyInQuery)  # outermost: the key is gone before anything logs
     return app
+
+
+def open_paths(routes: Iterable[BaseRoute]) -> list[re.Pattern[str]]:
+    """The path patterns of the routes served without a key: every route but the API routes
+    that depend on :func:`.deps.require_key` (the door refuses a keyless request to any
+    other path, unknown ones included)."""
+    return [
+        route.path_regex
+        for route in routes
+        if isinstance(route, Route | APIRoute) and not _needs_key(route)
+    ]
+
+
+def _needs_key(route: BaseRoute) -> bool:
+    if not isinstance(route, APIRoute):
+        return False
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        if dependant.call is require_key:
+            return True
+        pending.extend(dependant.dependencies)
+    return False
 
 
 def _version() -> str:

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from waclient.errors import WaclientError
 from waclient.memory import parse_size
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["SHUTDOWN_SHARES", "ConfigError", "Settings", "load_settings"]
 
 TransportKind = Literal["isolated", "neonize", "simulated"]
 WorkerKind = Literal["neonize", "simulated"]
@@ -158,7 +158,13 @@ class Settings(BaseSettings):
     spool_max_bytes: Size = Field(default=64 * 2**20)
     max_scheduled: int = Field(default=1000, ge=1)
     scheduler_poll: float = Field(default=1.0, gt=0)
-    shutdown_timeout: float = Field(default=10.0, gt=0)
+    shutdown_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="WACLIENT_SHUTDOWN_TIMEOUT: seconds the whole graceful shutdown takes at "
+        "most (Fly kills after kill_timeout, 15 s in fly.toml); past it the process exits "
+        "with status 4. Shared out by SHUTDOWN_SHARES.",
+    )
 
     # hostile input (docs/host.md, "Hostile input"): keep these together
     cron_min_interval: float = Field(
@@ -181,6 +187,18 @@ class Settings(BaseSettings):
         default=True,
         description="WACLIENT_DASHBOARD: serve the dashboard at /dashboard (the page needs no "
         "key; its data calls send the key the user types).",
+    )
+    trusted_proxies: str = Field(
+        default="127.0.0.1,::1",
+        description="WACLIENT_TRUSTED_PROXIES: comma-separated addresses or networks of the "
+        "proxies in front of the host, or *; only from these is a client address taken from "
+        "WACLIENT_CLIENT_IP_HEADER or X-Forwarded-For (fly.toml: 172.16.0.0/12).",
+    )
+    client_ip_header: str = Field(
+        default="",
+        description="WACLIENT_CLIENT_IP_HEADER: the header a trusted proxy writes the client's "
+        "address in (Fly-Client-IP on Fly.io); empty: the rightmost untrusted "
+        "X-Forwarded-For entry.",
     )
     docs: bool = Field(
         default=False,
@@ -283,6 +301,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"WACLIENT_API_KEY: key {i} must be printable ASCII")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for item in (s.strip() for s in value.split(",")):
+            if item and item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"WACLIENT_TRUSTED_PROXIES: {item!r} is not an address or network"
+                    ) from None
+        return value
+
     @field_validator("session_name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -316,6 +349,11 @@ class Settings(BaseSettings):
         if self.backoff_initial > self.backoff_max:
             raise ConfigError("WACLIENT_BACKOFF_INITIAL must not exceed WACLIENT_BACKOFF_MAX")
 
+
+SHUTDOWN_SHARES = {"requests": 0.3, "recorder": 0.2, "webhooks": 0.15}
+"""Parts of WACLIENT_SHUTDOWN_TIMEOUT: requests in progress (uvicorn), each of the two
+recorders' final flush, the webhook workers (stopped at once, after the recorders); the rest
+(0.15) is for the client, the scheduler and Redis."""
 
 _ENV_NAMES = {"redis_url": "REDIS_URL", "port": "PORT"}
 

@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from waclient.client import Client
 
+from .door import API_KEY_HEADER, Refusal
 from .errors import ApiError
 from .limits import RateLimiter
 from .runtime import Host
@@ -28,7 +29,6 @@ __all__ = [
     "require_key",
 ]
 
-API_KEY_HEADER = "X-API-Key"
 
 _api_key = APIKeyHeader(
     name=API_KEY_HEADER,
@@ -49,25 +49,16 @@ async def require_key(
     request: Request, host: HostDep, key: Annotated[str | None, Security(_api_key)]
 ) -> str:
     """The id of the presented key (``key0``...); 401 if it is missing or wrong, 429 once the
-    client's address has failed ``WACLIENT_AUTH_FAILURES`` times in the window."""
+    client's address has failed ``WACLIENT_AUTH_FAILURES`` times in the window (the right key
+    is never refused). Under the HTTP guard the door has refused a bad key before the request
+    ran (:mod:`.door`); this is the same check for an app served without it."""
     address = request.client.host if request.client is not None else "?"
-    throttle = host.auth_throttle
-    tokens = throttle.available(address)
-    if tokens < 1:
-        retry = RateLimiter.retry_after((1 - tokens) / throttle.rate)
-        host.metrics.auth_failures.inc()
+    verdict = host.door.authenticate(key, address)
+    if isinstance(verdict, Refusal):
         raise ApiError(
-            429,
-            f"too many failed API key checks from this address; retry after {retry} s",
-            headers={"Retry-After": retry},
+            verdict.status, verdict.message, code=verdict.code, headers=dict(verdict.headers)
         )
-    key_id = host.key_id(key)
-    if key_id is None:
-        throttle.acquire(address)
-        host.metrics.auth_failures.inc()
-        message = "missing X-API-Key header" if not key else "wrong API key"
-        raise ApiError(401, message, headers={"WWW-Authenticate": "APIKey"})
-    return key_id
+    return verdict
 
 
 KeyDep = Annotated[str, Depends(require_key)]

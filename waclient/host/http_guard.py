@@ -10,6 +10,10 @@ clients that never finish a request starve everyone. :func:`server_config` makes
   (``max_headers``): past either, 431;
 - a header-read timeout from the connection's (or the request's) first byte, and a body-read
   timeout from the end of the headers: 408;
+- the door (:mod:`.door`): when a request's headers are complete, a keyless or wrong-key
+  request to a keyed path is answered 401 (429 once its address failed too often) before its
+  body is read and before it counts as a request in progress or takes an upload slot; the
+  request's client address (``scope["client"]``) is the one the door works out;
 - at most ``max_connections_per_client`` open connections per client address and
   ``max_connections`` in all (more are closed at once), and at most ``max_requests`` requests
   in progress (more are answered 503); connections still sending their headers do not count
@@ -25,14 +29,17 @@ the host extra).
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .config import Settings
+from .config import SHUTDOWN_SHARES, Settings
+from .door import Door, Refusal
 from .errors import error_json, send_error
 
 __all__ = [
@@ -116,10 +123,13 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
     header, uvicorn's own concurrency limit off (the guard's replaces it)."""
     limits = ConnectionLimits.from_settings(settings)
     stats = GuardStats()
-    protocol = type(
-        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits, "stats": stats}
-    )
     host = getattr(getattr(app, "state", None), "host", None)
+    door = getattr(host, "door", None)
+    protocol = type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"limits": limits, "stats": stats, "door": door if isinstance(door, Door) else None},
+    )
     if host is not None:
         host.http_guard = stats  # for /metrics
     options: dict[str, Any] = {
@@ -130,10 +140,10 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "loop": "asyncio",  # not uvloop: ~2 MiB less RSS; the host's traffic does not need it
         "lifespan": "on",
         "log_level": settings.log_level,
-        "proxy_headers": True,
+        "proxy_headers": False,  # the door works out the client address
         "server_header": False,
         "timeout_keep_alive": 5,
-        "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout)),
+        "timeout_graceful_shutdown": settings.shutdown_timeout * SHUTDOWN_SHARES["requests"],
         "limit_concurrency": None,
     }
     options.update(overrides)
@@ -158,6 +168,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
     stats: ClassVar[GuardStats] = GuardStats()
+    door: ClassVar[Door | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,7 +179,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._raw_head_bytes = 0
         self._head_bytes = 0
         self._header_count = 0
-        self._refusal: tuple[int, str, str] | None = None
+        self._refusal: Refusal | None = None
         self._discarding = False
 
     # -- connections ---------------------------------------------------------------------------
@@ -212,8 +223,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_head(f"more than {self.limits.max_header_bytes} bytes")
 
     def send_400_response(self, msg: str) -> None:
-        if self._refusal is not None:  # a parser callback refused the request
-            self._refuse(*self._refusal)
+        refusal = self._refusal
+        if refusal is not None:  # a parser callback refused the request
+            self._refuse(refusal.status, refusal.code, refusal.message, refusal.headers)
         else:
             super().send_400_response(msg)
 
@@ -238,6 +250,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        pipelined = self.cycle is not None and not self.cycle.response_complete
+        if self.door is not None and not pipelined:  # pipelined: the app's check answers
+            self._at_door(self.door)
         self._in_head = False
         self._disarm()
         busy = len(self.tasks) >= self.limits.max_requests
@@ -259,6 +274,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _at_door(self, door: Door) -> None:
+        """The door's verdict on the request whose headers are complete: refuse it (before
+        it runs) or let it in with the client address the door found."""
+        url = httptools.parse_url(self.url)
+        path = urllib.parse.unquote(url.path.decode("ascii"))
+        peer, port = self.client if self.client else ("?", 0)
+        address, verdict = door.check(path, url.query or b"", peer, self.headers)
+        self.scope["client"] = (address, port)
+        if isinstance(verdict, Refusal):
+            if self.access_log:  # as uvicorn logs an answered request (no query: none read)
+                method = self.parser.get_method().decode("ascii")
+                version = self.parser.get_http_version()
+                self.access_logger.info(
+                    '%s:%d - "%s %s HTTP/%s" %d',
+                    address,
+                    port,
+                    method,
+                    path,
+                    version,
+                    verdict.status,
+                )
+            self._refusal = verdict
+            raise _Refused
+
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.limits.max_header_bytes:
@@ -268,7 +307,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_head(self, why: str) -> None:
         self.stats.headers_too_large += 1
-        self._refuse(*_head_refusal(why))
+        refusal = _head_refusal(why)
+        self._refuse(refusal.status, refusal.code, refusal.message)
 
     def _arm(self, seconds: float, callback: Any) -> None:
         self._disarm()
@@ -310,15 +350,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"the request body took longer than {self.limits.body_timeout:g} s",
         )
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(
+        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         """Answer ``status`` and close: half-close, discard input for LINGER s, then close."""
         if self.transport.is_closing():
             return
         body = error_json(code, message)
+        extra = [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers]
         self.transport.write(
             b"".join(
                 [
                     STATUS_LINE[status],
+                    *extra,
                     b"content-type: application/json\r\n",
                     b"content-length: " + str(len(body)).encode() + b"\r\n",
                     b"connection: close\r\n\r\n",
@@ -334,8 +378,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_later(LINGER, self.transport.close)
 
 
-def _head_refusal(why: str) -> tuple[int, str, str]:
-    return 431, "headers_too_large", f"the request line and headers are too large: {why}"
+def _head_refusal(why: str) -> Refusal:
+    return Refusal(431, "headers_too_large", f"the request line and headers are too large: {why}")
 
 
 async def _busy(scope: Any, receive: Any, send: Any) -> None:

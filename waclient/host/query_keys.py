@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import send_error
 
-__all__ = ["KEY_PARAMETERS", "RefuseKeyInQuery"]
+__all__ = ["KEY_PARAMETERS", "RefuseKeyInQuery", "has_key_in_query"]
 
 KEY_PARAMETERS = frozenset({"api_key", "apikey", "x_api_key", "key"})
 """Query parameter names (lower case, ``-`` read as ``_``) refused as a key."""
@@ -32,7 +32,7 @@ class RefuseKeyInQuery:
         if not query:
             await self.app(scope, receive, send)
             return
-        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        pairs = _pairs(query)
         if not any(_is_key(name) for name, _ in pairs):
             await self.app(scope, receive, send)
             return
@@ -45,6 +45,15 @@ class RefuseKeyInQuery:
             "send the API key in the X-API-Key header, never in the URL (URLs are logged); "
             "this key is now in your client's history: rotate it",
         )
+
+
+def has_key_in_query(query: bytes) -> bool:
+    """Whether a query string carries a key parameter (refused by :class:`RefuseKeyInQuery`)."""
+    return bool(query) and any(_is_key(name) for name, _ in _pairs(query))
+
+
+def _pairs(query: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(query.decode("latin-1"), keep_blank_values=True)
 
 
 def _is_key(name: str) -> bool:

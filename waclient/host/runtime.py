@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 import socket
@@ -35,7 +33,8 @@ from waclient.memory import (
 from waclient.transports import IsolatedTransport, Transport, WorkerStats
 from waclient.webhooks.events import Event, event_from_outage, event_from_receipt
 
-from .config import Settings
+from .config import SHUTDOWN_SHARES, Settings
+from .door import Door
 from .healing import ClientSupervisor, HealingStats
 from .limits import RateLimiter, SendBudget
 from .metrics import HostMetrics
@@ -134,10 +133,6 @@ def build_transport(settings: Settings, machine: int) -> Transport:
     return SimulatedTransport(name=str(settings.session_dir / "simulated"))
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
 class Host(Lifetime):
     """The running host. ``request_shutdown`` is what the hard memory limit calls."""
 
@@ -162,7 +157,6 @@ class Host(Lifetime):
         self.request_shutdown = request_shutdown
         self.exit_code = 0
         """Non-zero when the host asked to stop for a restart (3: hard memory limit)."""
-        self._key_digests = [(f"key{i}", _digest(k)) for i, k in enumerate(settings.api_keys())]
         self.send_limiter = RateLimiter(
             settings.send_rate, settings.send_burst, max_keys=settings.rate_limit_keys
         )
@@ -171,15 +165,11 @@ class Host(Lifetime):
         )
         self.send_budget = SendBudget(settings.send_rate, settings.send_burst)
         """The number's one outbound budget: HTTP and scheduled sends alike."""
-        self.auth_throttle = RateLimiter(
-            settings.auth_failures / settings.auth_failure_window,
-            settings.auth_failures,
-            max_keys=settings.rate_limit_keys,
-        )
-        """Failed key checks per client address."""
         self.http_guard: GuardStats | None = None
         """The HTTP guard's counters, once :func:`.http_guard.server_config` serves the app."""
         self.metrics = HostMetrics(self)
+        self.door = Door(settings, on_failure=self.metrics.auth_failures.inc)
+        """The API key check and the failed-key throttle (per client address)."""
         self.readiness = ReadinessProbe(self)
         self.transport: Transport | None = None
         self.client: Client | None = None
@@ -205,20 +195,6 @@ class Host(Lifetime):
             check_interval=settings.memory_check_interval,
             log_interval=settings.memory_log_interval,
         )
-
-    # -- auth ------------------------------------------------------------------------------
-
-    def key_id(self, presented: str | None) -> str | None:
-        """The id (``key0``, ``key1``...) of a valid key, else None. Constant-time: every
-        configured key is compared, as SHA-256 digests, with ``hmac.compare_digest``."""
-        if not presented:
-            return None
-        given = _digest(presented)
-        found: str | None = None
-        for key_id, digest in self._key_digests:
-            if hmac.compare_digest(given, digest) and found is None:
-                found = key_id
-        return found
 
     # -- memory ----------------------------------------------------------------------------
 
@@ -299,14 +275,17 @@ class Host(Lifetime):
     async def _enter(self, stack: AsyncExitStack) -> None:
         """What :meth:`start` enters, in order. Each component is pushed right after it is
         opened, so the stack's close order is the reverse of this one by construction: the
-        guard, the scheduler, the client supervisor (and its client), the webhook dispatcher,
-        the recorders, their spools, the event streams' writers, Redis."""
+        guard, the scheduler, the client supervisor (and its client), the recorders (their
+        final flush), their spools, the event streams' writers, the webhook dispatcher, Redis."""
         s = self.settings
         s.session_dir.mkdir(parents=True, exist_ok=True)
         log.info("%s; transport %s", describe(self.limits), s.transport)
         if s.redis_url is not None:
+            # webhooks before the recorders: they close after the recorders' final flush, so
+            # a hostile receiver cannot cost a record (docs/host.md, "Shutdown")
             await self._open_redis(stack, s.redis_url)
             await self._open_webhooks(stack, s.redis_url)
+            await self._open_recording(stack)
         else:
             log.warning("REDIS_URL is not set: no recorders, no scheduler, no webhooks")
         self.healing = ClientSupervisor(
@@ -348,18 +327,25 @@ class Host(Lifetime):
         return await self.client.send_text(chat, text)
 
     async def _open_redis(self, stack: AsyncExitStack, url: str) -> None:
-        """Redis, the event streams' writers, then the recorders (each with its spool;
-        :meth:`_make_client` attaches them to every client; their outages are state events);
-        builds the scheduler, which :meth:`_enter` enters after the client."""
-        from waclient.recorders import InboundRecorder, OutboundRecorder
+        """Redis and its health probe."""
         from waclient.redis import RedisHealth, open_redis
-        from waclient.scheduler import Scheduler
 
         s = self.settings
         redis = open_redis(url, client_name=f"waclient-host-{s.session_name}")
         self.redis = redis
         stack.push_async_callback(_close_quietly, redis)
         self.redis_health = RedisHealth(redis, timeout=1.0)
+
+    async def _open_recording(self, stack: AsyncExitStack) -> None:
+        """The event streams' writers, the recorders (each with its spool;
+        :meth:`_make_client` attaches them to every client; their outages are state events),
+        and the scheduler, which :meth:`_enter` enters after the client."""
+        from waclient.recorders import InboundRecorder, OutboundRecorder
+        from waclient.scheduler import Scheduler
+
+        s = self.settings
+        redis = self.redis
+        assert redis is not None
         self.state_events = await self._open_events(
             stack, redis, "events", STATE_EVENTS_MAXLEN, STATE_EVENTS_BACKLOG
         )
@@ -415,6 +401,7 @@ class Host(Lifetime):
             max_in_flight=s.webhook_max_in_flight,
             max_attempts=s.webhook_max_attempts,
             allow_private=s.webhook_allow_private,
+            close_timeout=s.shutdown_timeout * SHUTDOWN_SHARES["webhooks"],
         )
         await self.webhooks.start()
         stack.push_async_callback(self.webhooks.close)
@@ -444,7 +431,7 @@ class Host(Lifetime):
             on_outage=self._on_recorder_outage,
         )
         await recorder.start()
-        stack.push_async_callback(recorder.close, s.shutdown_timeout / 2)
+        stack.push_async_callback(recorder.close, s.shutdown_timeout * SHUTDOWN_SHARES["recorder"])
         return recorder
 
     def _spool(self, direction: str) -> Spool:

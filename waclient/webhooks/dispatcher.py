@@ -141,6 +141,7 @@ class WebhookDispatcher(Lifetime):
         url_recheck: float = 60.0,
         dead_maxlen: int = 100_000,
         allow_private: bool = False,
+        close_timeout: float = 5.0,
     ) -> None:
         if max_in_flight < 1 or max_attempts < 1:
             raise ValueError("max_in_flight and max_attempts must be >= 1")
@@ -177,6 +178,10 @@ class WebhookDispatcher(Lifetime):
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self.redis_errors = 0
+        self.close_timeout = close_timeout
+        """Seconds :meth:`close` waits, in all, for the workers to stop (all at once)."""
+        self.close_overran = False
+        """Whether the last close gave up waiting for a worker after ``close_timeout``."""
         self._workers: dict[str, _EndpointWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         """The manager and the notifier; the workers' tasks are spawned into this lifetime
@@ -196,14 +201,21 @@ class WebhookDispatcher(Lifetime):
         ]
 
     async def _close(self) -> None:
-        """``close()``: stop every worker (their acknowledgements sent); deliveries in progress
-        stay pending in Redis; an own HTTP client is closed (also if never started)."""
+        """``close()``: stop every worker at once (their acknowledgements sent), waiting
+        ``close_timeout`` seconds in all, so one hostile receiver cannot hold the shutdown;
+        deliveries in progress stay pending in Redis (delivered again later); an own HTTP
+        client is closed (also if never started)."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        async with self._reconciling:  # a refresh under way ends first; none starts after
-            for worker in list(self._workers.values()):
-                await worker.stop()
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                async with self._reconciling:  # a refresh under way ends first
+                    workers = list(self._workers.values())
+                    await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        except TimeoutError:
+            self.close_overran = True
+            log.warning("webhooks: workers still stopping after %g s; left", self.close_timeout)
         if self._own_http:
             await self.http.aclose()
 
